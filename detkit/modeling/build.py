@@ -1,0 +1,61 @@
+"""Maps a config onto the detector's parts: the one place that reads `cfg.model`."""
+
+import torch
+
+from detkit.errors import UserError
+from detkit.modeling.backbone.resnet import build_resnet_c4
+from detkit.modeling.detector import FasterRCNN, ImagePreprocessor
+from detkit.modeling.roi_heads import RoIHeads
+from detkit.modeling.rpn import RPN
+
+C4_STRIDE = 16
+
+
+def resolve_device(name: str) -> torch.device:
+    """`auto` picks CUDA when available; asking for CUDA on a machine without it is a user error."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise UserError(f"model.device={name} but CUDA is not available here; use model.device=cpu or auto")
+    try:
+        return torch.device(name)
+    except RuntimeError:
+        raise UserError(f"model.device={name!r} is not a device; use cpu, cuda, cuda:N or auto") from None
+
+
+def build_model(cfg, *, num_classes: int | None = None) -> FasterRCNN:
+    """Build the C4 Faster R-CNN from `cfg.model` on `cfg.model.device`.
+
+    `num_classes` overrides `cfg.model.num_classes`; one of them must be set (train_net fills it
+    from the training dataset).
+    """
+    num_classes = num_classes or cfg.model.num_classes
+    if not num_classes:
+        raise UserError("model.num_classes is not set: set it in the config or give data.train so it can be read")
+    b = cfg.model.backbone
+    if cfg.model.roi_heads.head not in ("res5", "fc"):
+        raise UserError(f"model.roi_heads.head must be res5 or fc, got {cfg.model.roi_heads.head!r}")
+    if cfg.model.roi_heads.pooler not in ("roi_pool", "roi_align"):
+        raise UserError(f"model.roi_heads.pooler must be roi_pool or roi_align, got {cfg.model.roi_heads.pooler!r}")
+    trunk, res5 = build_resnet_c4(
+        depth=b.depth, weights=b.weights, norm=b.norm, freeze_at=b.freeze_at, preact=b.preact, width=b.width
+    )
+    preprocessor = ImagePreprocessor(
+        pixel_mean=cfg.model.pixel_mean,
+        pixel_std=cfg.model.pixel_std,
+        min_size_test=cfg.input.min_size_test,
+        max_size_test=cfg.input.max_size_test,
+        size_divisibility=C4_STRIDE,
+    )
+    model = FasterRCNN(
+        preprocessor=preprocessor,
+        backbone=trunk,
+        rpn=RPN.from_config(cfg, in_channels=trunk.out_channels, stride=C4_STRIDE),
+        roi_heads=RoIHeads.from_config(
+            cfg,
+            in_channels=trunk.out_channels,
+            res5=res5 if cfg.model.roi_heads.head == "res5" else None,
+            num_classes=num_classes,
+        ),
+    )
+    return model.to(resolve_device(cfg.model.device))

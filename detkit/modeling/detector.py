@@ -1,0 +1,118 @@
+"""Faster R-CNN in the C4 design: preprocess -> backbone (conv1..conv4) -> RPN -> RoI heads -> postprocess.
+
+Shapes:
+    N  images; each input image (3, H_i, W_i) RGB in 0..255 (uint8 or float)
+    batch (N, 3, Hp, Wp) normalised and zero-padded to a multiple of 16
+    feature (N, C, Hp/16, Wp/16)
+Training returns {loss_rpn_cls, loss_rpn_box, loss_cls, loss_box}; eval returns per image
+{boxes (D, 4) xyxy in the input image's pixels, scores (D,), labels (D,) in 0..K-1}.
+"""
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from detkit.data.transforms import resize_shortest_edge_size
+from detkit.modeling.roi_heads import RoIHeads
+from detkit.modeling.rpn import RPN
+
+
+class ImagePreprocessor(nn.Module):
+    """Normalises images the way the backbone's weights expect, resizes at test time, pads into a batch.
+
+    Normalisation follows torchvision's ImageNet weights: RGB scaled to 0-1, then (x - mean) / std.
+    Training inputs arrive already resized by the data pipeline; in eval mode images are resized so the
+    short side is `min_size_test` (long side at most `max_size_test`), and `postprocess` maps boxes back.
+    """
+
+    def __init__(
+        self,
+        *,
+        pixel_mean: list[float],
+        pixel_std: list[float],
+        min_size_test: int,
+        max_size_test: int,
+        size_divisibility: int = 16,
+    ):
+        super().__init__()
+        self.register_buffer("pixel_mean", torch.tensor(pixel_mean).view(3, 1, 1) * 255.0, persistent=False)
+        self.register_buffer("pixel_std", torch.tensor(pixel_std).view(3, 1, 1) * 255.0, persistent=False)
+        self.min_size_test = min_size_test
+        self.max_size_test = max_size_test
+        self.size_divisibility = size_divisibility
+
+    def forward(
+        self, images: list[Tensor], targets: list[dict] | None = None
+    ) -> tuple[Tensor, list[tuple[int, int]], list[dict] | None]:
+        """Returns the padded batch (N, 3, Hp, Wp), each image's (h, w) inside it, and targets on the device."""
+        device = self.pixel_mean.device
+        processed, sizes = [], []
+        for i, image in enumerate(images):
+            if image.dim() != 3 or image.shape[0] != 3:
+                raise ValueError(f"image {i} must be a (3, H, W) RGB tensor, got shape {tuple(image.shape)}")
+            x = (image.to(device=device, dtype=torch.float32) - self.pixel_mean) / self.pixel_std
+            if not self.training and self.min_size_test > 0:
+                h, w = x.shape[-2:]
+                new_h, new_w = resize_shortest_edge_size(h, w, self.min_size_test, self.max_size_test)
+                if (new_h, new_w) != (h, w):
+                    # (3, H, W) -> (1, 3, H, W) -> resize -> (3, h', w')
+                    x = F.interpolate(x[None], size=(new_h, new_w), mode="bilinear", align_corners=False)[0]
+            processed.append(x)
+            sizes.append((x.shape[-2], x.shape[-1]))
+        if targets is not None:
+            targets = [
+                {**t, "boxes": t["boxes"].to(device=device, dtype=torch.float32), "labels": t["labels"].to(device)}
+                for t in targets
+            ]
+        return self.batch(processed), sizes, targets
+
+    def batch(self, images: list[Tensor]) -> Tensor:
+        """Zero-pad (in normalised space, i.e. mean colour) to a common size divisible by the stride."""
+        d = self.size_divisibility
+        max_h = math.ceil(max(im.shape[-2] for im in images) / d) * d
+        max_w = math.ceil(max(im.shape[-1] for im in images) / d) * d
+        out = images[0].new_zeros((len(images), 3, max_h, max_w))
+        for im, slot in zip(images, out):
+            slot[:, : im.shape[-2], : im.shape[-1]].copy_(im)
+        return out
+
+    @staticmethod
+    def postprocess(
+        detections: list[dict], sizes: list[tuple[int, int]], original_sizes: list[tuple[int, int]]
+    ) -> list[dict]:
+        """Scale boxes from the resized image back to the input image's pixels."""
+        out = []
+        for det, (h, w), (oh, ow) in zip(detections, sizes, original_sizes):
+            scale = torch.tensor([ow / w, oh / h, ow / w, oh / h], device=det["boxes"].device)
+            out.append({**det, "boxes": det["boxes"] * scale})
+        return out
+
+
+class FasterRCNN(nn.Module):
+    """The detector receives built parts; see `detkit.modeling.build.build_model` for the config mapping."""
+
+    def __init__(self, *, preprocessor: ImagePreprocessor, backbone: nn.Module, rpn: RPN, roi_heads: RoIHeads):
+        super().__init__()
+        self.preprocessor = preprocessor
+        self.backbone = backbone
+        self.rpn = rpn
+        self.roi_heads = roi_heads
+
+    @property
+    def device(self) -> torch.device:
+        return self.preprocessor.pixel_mean.device
+
+    def forward(self, images: list[Tensor], targets: list[dict] | None = None) -> dict[str, Tensor] | list[dict]:
+        """images: list of (3, H, W) RGB 0..255. targets (training): {boxes (G, 4) xyxy, labels (G,)} each."""
+        if self.training and targets is None:
+            raise ValueError("FasterRCNN needs targets in training mode")
+        original_sizes = [(im.shape[-2], im.shape[-1]) for im in images]
+        batch, sizes, targets = self.preprocessor(images, targets)
+        feature = self.backbone(batch)
+        proposals, rpn_losses = self.rpn(feature, sizes, targets)
+        detections, head_losses = self.roi_heads(feature, proposals, sizes, targets)
+        if self.training:
+            return {**rpn_losses, **head_losses}
+        return self.preprocessor.postprocess(detections, sizes, original_sizes)

@@ -1,0 +1,304 @@
+"""Fast R-CNN stage on RPN proposals: RoI pooling on conv4, a per-region head, classifier and box regressor.
+
+Shapes:
+    N  images         R  regions in the batch (R_i per image)     K  foreground classes
+    C  conv4 channels S  pooled size      D  per-region feature size (2D with global context)
+    feature (N, C, H, W) -> pooled (R, C, S, S) -> head (R, D) -> logits (R, K+1), deltas (R, 4K)
+Labels: 0..K-1 foreground, K background, -1 ignored (never sampled).
+Losses: `loss_cls` (cross-entropy over sampled RoIs), `loss_box` (smooth L1 on foreground RoIs, for the
+ground-truth class only, normalised by the number of sampled RoIs).
+
+Inference: softmax, class-specific decode, clip, score threshold, per-class NMS, top detections.
+Iterative localization (ResNet paper, appendix B) optionally re-scores regressed boxes and votes.
+"""
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torchvision.ops import batched_nms, roi_align, roi_pool
+
+from detkit.modeling.box_coder import BoxCoder
+from detkit.modeling.losses import smooth_l1
+from detkit.modeling.matcher import Matcher
+from detkit.modeling.sampler import sample_balanced
+from detkit.structures.boxes import box_iou, clip_boxes, nonempty
+
+
+class RoIPooler(nn.Module):
+    """torchvision.ops roi_pool (the paper's choice) or roi_align on a single stride-16 map."""
+
+    def __init__(self, *, kind: str = "roi_pool", resolution: int = 14, stride: int = 16, sampling_ratio: int = 0):
+        super().__init__()
+        if kind not in ("roi_pool", "roi_align"):
+            raise ValueError(f"pooler must be roi_pool or roi_align, got {kind!r}")
+        self.kind = kind
+        self.resolution = resolution
+        self.spatial_scale = 1.0 / stride
+        self.sampling_ratio = sampling_ratio
+
+    def forward(self, feature: Tensor, boxes: list[Tensor]) -> Tensor:
+        """(N, C, H, W), N lists of (R_i, 4) xyxy input-pixel boxes -> (R, C, S, S)."""
+        boxes = [b.to(feature.dtype) for b in boxes]
+        size = (self.resolution, self.resolution)
+        if self.kind == "roi_pool":
+            return roi_pool(feature, boxes, size, self.spatial_scale)
+        return roi_align(feature, boxes, size, self.spatial_scale, self.sampling_ratio, aligned=True)
+
+
+class Res5Head(nn.Module):
+    """conv5_x run per region (first block stride 2), then global average pooling: (R, C, S, S) -> (R, D)."""
+
+    def __init__(self, *, res5: nn.Module, out_channels: int):
+        super().__init__()
+        self.res5 = res5
+        self.out_dim = out_channels
+
+    def forward(self, pooled: Tensor) -> Tensor:
+        return self.res5(pooled).mean(dim=(2, 3))
+
+
+class FCHead(nn.Module):
+    """Two fully connected layers on the flattened pooled conv4 features (Fast R-CNN style, light)."""
+
+    def __init__(self, *, in_channels: int, resolution: int, fc_dim: int = 1024):
+        super().__init__()
+        self.fc1 = nn.Linear(in_channels * resolution * resolution, fc_dim)
+        self.fc2 = nn.Linear(fc_dim, fc_dim)
+        self.out_dim = fc_dim
+        for fc in (self.fc1, self.fc2):
+            nn.init.kaiming_uniform_(fc.weight, a=1)
+            nn.init.zeros_(fc.bias)
+
+    def forward(self, pooled: Tensor) -> Tensor:
+        # (R, C, S, S) -> (R, C*S*S)
+        x = pooled.flatten(1)
+        return F.relu(self.fc2(F.relu(self.fc1(x))))
+
+
+class FastRCNNPredictor(nn.Module):
+    """Sibling layers: K+1 class logits (background last) and class-specific box deltas (4K)."""
+
+    def __init__(self, *, in_dim: int, num_classes: int):
+        super().__init__()
+        self.cls_score = nn.Linear(in_dim, num_classes + 1)
+        self.bbox_pred = nn.Linear(in_dim, num_classes * 4)
+        nn.init.normal_(self.cls_score.weight, std=0.01)
+        nn.init.normal_(self.bbox_pred.weight, std=0.001)
+        nn.init.zeros_(self.cls_score.bias)
+        nn.init.zeros_(self.bbox_pred.bias)
+
+    def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """(R, D) -> logits (R, K+1), deltas (R, 4K)."""
+        return self.cls_score(x), self.bbox_pred(x)
+
+
+class RoIHeads(nn.Module):
+    def __init__(
+        self,
+        *,
+        pooler: RoIPooler,
+        box_head: nn.Module,
+        predictor: FastRCNNPredictor,
+        num_classes: int,
+        matcher: Matcher,
+        box_coder: BoxCoder,
+        batch_size_per_image: int = 512,
+        positive_fraction: float = 0.25,
+        bg_iou_thresh_low: float = 0.0,
+        smooth_l1_beta: float = 0.0,
+        score_threshold: float = 0.05,
+        nms_thresh: float = 0.5,
+        detections_per_image: int = 100,
+        global_context: bool = False,
+        box_refinement: bool = False,
+        refine_nms_thresh: float = 0.3,
+        vote_iou_thresh: float = 0.8,
+    ):
+        super().__init__()
+        self.pooler = pooler
+        self.box_head = box_head
+        self.predictor = predictor
+        self.num_classes = num_classes
+        self.matcher = matcher
+        self.box_coder = box_coder
+        self.batch_size_per_image = batch_size_per_image
+        self.positive_fraction = positive_fraction
+        self.bg_iou_thresh_low = bg_iou_thresh_low
+        self.smooth_l1_beta = smooth_l1_beta
+        self.score_threshold = score_threshold
+        self.nms_thresh = nms_thresh
+        self.detections_per_image = detections_per_image
+        self.global_context = global_context
+        self.box_refinement = box_refinement
+        self.refine_nms_thresh = refine_nms_thresh
+        self.vote_iou_thresh = vote_iou_thresh
+
+    @classmethod
+    def from_config(cls, cfg, *, in_channels: int, res5: nn.Module | None, num_classes: int) -> "RoIHeads":
+        """`res5` is the backbone's conv5 stage (used when `model.roi_heads.head` is res5)."""
+        c = cfg.model.roi_heads
+        pooler = RoIPooler(kind=c.pooler, resolution=c.pooler_resolution, sampling_ratio=c.sampling_ratio)
+        if c.head == "res5":
+            box_head = Res5Head(res5=res5, out_channels=res5.out_channels)
+        else:
+            box_head = FCHead(in_channels=in_channels, resolution=c.pooler_resolution, fc_dim=c.fc_dim)
+        feature_dim = box_head.out_dim * (2 if c.global_context else 1)
+        return cls(
+            pooler=pooler,
+            box_head=box_head,
+            predictor=FastRCNNPredictor(in_dim=feature_dim, num_classes=num_classes),
+            num_classes=num_classes,
+            matcher=Matcher(thresholds=[c.fg_iou_thresh]),
+            box_coder=BoxCoder(weights=tuple(c.bbox_reg_weights)),
+            batch_size_per_image=c.batch_size_per_image,
+            positive_fraction=c.positive_fraction,
+            bg_iou_thresh_low=c.bg_iou_thresh_low,
+            smooth_l1_beta=c.smooth_l1_beta,
+            score_threshold=c.score_threshold,
+            nms_thresh=c.nms_thresh,
+            detections_per_image=c.detections_per_image,
+            global_context=c.global_context,
+            box_refinement=c.box_refinement,
+            refine_nms_thresh=c.refine_nms_thresh,
+            vote_iou_thresh=c.vote_iou_thresh,
+        )
+
+    def forward(
+        self,
+        feature: Tensor,
+        proposals: list[Tensor],
+        image_sizes: list[tuple[int, int]],
+        targets: list[dict] | None = None,
+    ) -> tuple[list[dict], dict[str, Tensor]]:
+        """Training: (empty list, losses). Inference: (detections per image, empty dict)."""
+        if self.training:
+            if targets is None:
+                raise ValueError("RoIHeads needs targets in training mode")
+            proposals, labels, gt_boxes = self.label_and_sample(proposals, targets)
+            logits, deltas = self.predictor(self.box_features(feature, proposals, image_sizes))
+            return [], self.losses(logits, deltas, torch.cat(proposals), labels, gt_boxes)
+        return self.predict(feature, proposals, image_sizes), {}
+
+    def box_features(self, feature: Tensor, boxes: list[Tensor], image_sizes: list[tuple[int, int]]) -> Tensor:
+        """Per-region features (R, D); with global context, each region's is joined by its image's: (R, 2D)."""
+        regions = self.box_head(self.pooler(feature, boxes))
+        if not self.global_context:
+            return regions
+        whole = [torch.tensor([[0.0, 0.0, w, h]], device=feature.device) for h, w in image_sizes]
+        context = self.box_head(self.pooler(feature, whole))  # (N, D)
+        counts = torch.tensor([len(b) for b in boxes], device=feature.device)
+        # (N, D) -> (R, D): repeat each image's context for its regions
+        context = context.repeat_interleave(counts, dim=0)
+        return torch.cat([regions, context], dim=1)
+
+    @torch.no_grad()
+    def label_and_sample(
+        self, proposals: list[Tensor], targets: list[dict]
+    ) -> tuple[list[Tensor], Tensor, Tensor]:
+        """Add ground truth to the proposals, match, sample. Returns sampled boxes per image,
+        labels (R,) in 0..K (K background), matched ground-truth boxes (R, 4)."""
+        sampled_boxes, all_labels, all_gt = [], [], []
+        for props, target in zip(proposals, targets):
+            gt, gt_labels = target["boxes"], target["labels"]
+            props = torch.cat([props, gt.to(props.dtype)])
+            iou = box_iou(gt, props)
+            matches, fg_flags = self.matcher(iou)
+            labels = torch.full_like(matches, self.num_classes)
+            if gt.numel():
+                labels = torch.where(fg_flags == 1, gt_labels[matches], labels)
+            # Fast R-CNN draws background only from IoU in [bg_iou_thresh_low, fg_iou_thresh).
+            flags = fg_flags.clone()
+            if self.bg_iou_thresh_low > 0 and gt.numel():
+                flags[(iou.max(dim=0).values < self.bg_iou_thresh_low) & (flags == 0)] = -1
+            pos, neg = sample_balanced(
+                flags, batch_size=self.batch_size_per_image, positive_fraction=self.positive_fraction
+            )
+            keep = torch.cat([pos, neg])
+            sampled_boxes.append(props[keep])
+            all_labels.append(labels[keep])
+            all_gt.append(gt[matches[keep]] if gt.numel() else torch.zeros_like(props[keep]))
+        return sampled_boxes, torch.cat(all_labels), torch.cat(all_gt)
+
+    def losses(
+        self, logits: Tensor, deltas: Tensor, proposals: Tensor, labels: Tensor, gt_boxes: Tensor
+    ) -> dict[str, Tensor]:
+        """logits (R, K+1), deltas (R, 4K), proposals/gt_boxes (R, 4), labels (R,)."""
+        loss_cls = F.cross_entropy(logits, labels)
+        fg = torch.nonzero(labels < self.num_classes).squeeze(1)
+        # (R, 4K) -> (R, K, 4); take each foreground RoI's deltas for its ground-truth class
+        pred = deltas.view(deltas.shape[0], -1, 4)[fg, labels[fg]]
+        target = self.box_coder.encode(gt_boxes[fg], proposals[fg])
+        loss_box = smooth_l1(pred, target, self.smooth_l1_beta) / max(labels.numel(), 1)
+        return {"loss_cls": loss_cls, "loss_box": loss_box}
+
+    @torch.no_grad()
+    def predict(self, feature: Tensor, proposals: list[Tensor], image_sizes: list[tuple[int, int]]) -> list[dict]:
+        scores, boxes = self.score_and_regress(feature, proposals, image_sizes)
+        if self.box_refinement:
+            return self.predict_refined(feature, scores, boxes, image_sizes)
+        return [
+            self.postprocess(s, b, size, self.nms_thresh) for s, b, size in zip(scores, boxes, image_sizes)
+        ]
+
+    def score_and_regress(
+        self, feature: Tensor, boxes: list[Tensor], image_sizes: list[tuple[int, int]]
+    ) -> tuple[list[Tensor], list[Tensor]]:
+        """Per image: class probabilities (R_i, K+1) and class-specific boxes (R_i, K, 4), clipped."""
+        logits, deltas = self.predictor(self.box_features(feature, boxes, image_sizes))
+        probs = F.softmax(logits.float(), dim=-1)
+        decoded = self.box_coder.decode(deltas.float(), torch.cat(boxes).float())
+        counts = [len(b) for b in boxes]
+        out_boxes = []
+        for b, (h, w) in zip(decoded.split(counts), image_sizes):
+            # (R_i, 4K) -> (R_i * K, 4) -> clip -> (R_i, K, 4)
+            out_boxes.append(clip_boxes(b.reshape(-1, 4), h, w).view(len(b), -1, 4))
+        return list(probs.split(counts)), out_boxes
+
+    def predict_refined(
+        self, feature: Tensor, scores: list[Tensor], boxes: list[Tensor], image_sizes: list[tuple[int, int]]
+    ) -> list[dict]:
+        """Iterative localization: re-score each region at its regressed box (for its best class),
+        merge both sets, NMS at `refine_nms_thresh`, then box voting."""
+        refined_inputs = []
+        for s, b in zip(scores, boxes):
+            best = s[:, : self.num_classes].argmax(dim=1)
+            refined_inputs.append(b[torch.arange(len(b), device=b.device), best])
+        scores2, boxes2 = self.score_and_regress(feature, refined_inputs, image_sizes)
+        results = []
+        for s1, b1, s2, b2, size in zip(scores, boxes, scores2, boxes2, image_sizes):
+            s = torch.cat([s1, s2])
+            b = torch.cat([b1, b2])
+            results.append(self.postprocess(s, b, size, self.refine_nms_thresh, vote=True))
+        return results
+
+    def postprocess(
+        self, probs: Tensor, boxes: Tensor, image_size: tuple[int, int], nms_thresh: float, vote: bool = False
+    ) -> dict:
+        """probs (R, K+1), boxes (R, K, 4) -> {boxes (D, 4), scores (D,), labels (D,)} with D <= detections_per_image."""
+        num_classes = self.num_classes
+        fg_scores = probs[:, :num_classes]
+        labels = torch.arange(num_classes, device=probs.device).expand_as(fg_scores)
+        # (R, K) -> (R*K,), (R, K, 4) -> (R*K, 4)
+        fg_scores, labels, boxes = fg_scores.reshape(-1), labels.reshape(-1), boxes.reshape(-1, 4)
+        keep = (fg_scores > self.score_threshold) & nonempty(boxes, 1e-2)
+        fg_scores, labels, boxes = fg_scores[keep], labels[keep], boxes[keep]
+        kept = batched_nms(boxes, fg_scores, labels, nms_thresh)[: self.detections_per_image]
+        out_boxes = boxes[kept]
+        if vote and len(kept):
+            out_boxes = box_voting(out_boxes, labels[kept], boxes, fg_scores, labels, self.vote_iou_thresh)
+        return {"boxes": out_boxes, "scores": fg_scores[kept], "labels": labels[kept]}
+
+
+def box_voting(
+    kept_boxes: Tensor, kept_labels: Tensor, boxes: Tensor, scores: Tensor, labels: Tensor, iou_thresh: float
+) -> Tensor:
+    """Replace each kept box by the score-weighted mean of the same-class boxes overlapping it at IoU >= `iou_thresh`.
+
+    kept_boxes (D, 4), kept_labels (D,); boxes (M, 4), scores (M,), labels (M,): the voting pool
+    (which contains the kept boxes themselves, so every kept box has at least one voter).
+    """
+    iou = box_iou(kept_boxes, boxes)  # (D, M)
+    voters = (iou >= iou_thresh) & (kept_labels[:, None] == labels[None, :])
+    weights = voters.to(scores.dtype) * scores[None, :]
+    # (D, M) @ (M, 4) -> (D, 4)
+    return (weights @ boxes) / weights.sum(dim=1, keepdim=True).clamp(min=1e-12)

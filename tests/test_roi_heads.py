@@ -1,0 +1,91 @@
+import torch
+
+from detkit.modeling.box_coder import BoxCoder
+from detkit.modeling.matcher import Matcher
+from detkit.modeling.roi_heads import FastRCNNPredictor, FCHead, RoIHeads, RoIPooler, box_voting
+
+
+def make_heads(num_classes=3, **kw):
+    torch.manual_seed(0)
+    head = FCHead(in_channels=8, resolution=4, fc_dim=16)
+    dim = head.out_dim * (2 if kw.get("global_context") else 1)
+    return RoIHeads(
+        pooler=RoIPooler(kind=kw.pop("pooler", "roi_pool"), resolution=4),
+        box_head=head,
+        predictor=FastRCNNPredictor(in_dim=dim, num_classes=num_classes),
+        num_classes=num_classes,
+        matcher=Matcher(thresholds=[0.5]),
+        box_coder=BoxCoder(weights=(10.0, 10.0, 5.0, 5.0)),
+        batch_size_per_image=16,
+        score_threshold=0.0,
+        **kw,
+    )
+
+
+TARGETS = [
+    {"boxes": torch.tensor([[4.0, 4.0, 40.0, 30.0]]), "labels": torch.tensor([2])},
+    {"boxes": torch.zeros(0, 4), "labels": torch.zeros(0, dtype=torch.int64)},
+]
+PROPOSALS = [torch.tensor([[0.0, 0.0, 20.0, 20.0], [5.0, 5.0, 41.0, 29.0]]), torch.tensor([[10.0, 10.0, 50.0, 50.0]])]
+SIZES = [(64, 64), (64, 64)]
+
+
+def test_label_and_sample_adds_gt_and_labels_background_last():
+    heads = make_heads().train()
+    boxes, labels, gt = heads.label_and_sample(PROPOSALS, TARGETS)
+    assert len(boxes[0]) == 3  # 2 proposals + the ground truth itself
+    assert sorted(labels[:3].tolist()) == [2, 2, 3]  # the close proposal and the gt are class 2; the other is bg
+    assert labels[3].item() == 3  # image without objects: background only
+    assert gt.shape == (4, 4)
+
+
+def test_losses_finite_and_zero_box_loss_on_empty_targets():
+    for kw in [{}, {"pooler": "roi_align"}, {"global_context": True}]:
+        heads = make_heads(**kw).train()
+        feature = torch.randn(2, 8, 4, 4, requires_grad=True)
+        _, losses = heads(feature, PROPOSALS, SIZES, TARGETS)
+        assert set(losses) == {"loss_cls", "loss_box"}
+        assert all(torch.isfinite(v) for v in losses.values())
+        sum(losses.values()).backward()
+        _, losses = heads(feature, PROPOSALS, SIZES, [TARGETS[1], TARGETS[1]])
+        assert losses["loss_box"].item() == 0.0
+
+
+def test_global_context_doubles_predictor_input():
+    plain, ctx = make_heads(), make_heads(global_context=True)
+    feature = torch.randn(2, 8, 4, 4)
+    assert plain.box_features(feature, PROPOSALS, SIZES).shape == (3, 16)
+    assert ctx.box_features(feature, PROPOSALS, SIZES).shape == (3, 32)
+    assert ctx.predictor.cls_score.in_features == 32
+
+
+def test_predict_shapes_and_limits():
+    heads = make_heads(detections_per_image=4).eval()
+    dets, losses = heads(torch.randn(2, 8, 4, 4), PROPOSALS, SIZES)
+    assert losses == {} and len(dets) == 2
+    for d in dets:
+        assert d["boxes"].shape[1] == 4 and len(d["boxes"]) <= 4
+        assert ((d["labels"] >= 0) & (d["labels"] < 3)).all()
+        assert (d["boxes"] >= 0).all() and (d["boxes"] <= 64).all()
+
+
+def test_refinement_with_identity_regressor_changes_no_box():
+    """With zero deltas every refined box equals its proposal; voting over identical boxes keeps them."""
+    heads = make_heads(box_refinement=True, vote_iou_thresh=0.8, refine_nms_thresh=0.3).eval()
+    torch.nn.init.zeros_(heads.predictor.bbox_pred.weight)
+    torch.nn.init.zeros_(heads.predictor.bbox_pred.bias)
+    proposals = [torch.tensor([[4.0, 4.0, 40.0, 30.0]]), torch.tensor([[10.0, 10.0, 50.0, 50.0]])]
+    dets = heads(torch.randn(2, 8, 4, 4), proposals, SIZES)[0]
+    for d, p in zip(dets, proposals):
+        assert len(d["boxes"]) >= 1
+        assert torch.allclose(d["boxes"], p.expand_as(d["boxes"]), atol=1e-4)
+
+
+def test_box_voting_weighted_mean():
+    kept = torch.tensor([[0.0, 0.0, 10.0, 10.0]])
+    pool = torch.tensor([[0.0, 0.0, 10.0, 10.0], [0.0, 0.0, 11.0, 10.0], [0.0, 0.0, 10.0, 10.0], [50.0, 50.0, 60.0, 60.0]])
+    scores = torch.tensor([0.9, 0.3, 0.5, 0.8])
+    labels = torch.tensor([0, 0, 1, 0])  # third box is another class, fourth does not overlap
+    out = box_voting(kept, torch.tensor([0]), pool, scores, labels, iou_thresh=0.8)
+    expected_x1 = (0.9 * 10 + 0.3 * 11) / 1.2
+    assert torch.allclose(out, torch.tensor([[0.0, 0.0, expected_x1, 10.0]]))
