@@ -1,0 +1,103 @@
+"""Runs a detector over test datasets, writes `detections.json`, evaluates and writes `metrics.json`."""
+
+import json
+import logging
+import time
+from pathlib import Path
+
+import torch
+from tqdm import tqdm
+
+from detkit.data.build import build_datasets
+from detkit.data.loader import build_test_loader
+from detkit.engine.checkpoint import load_checkpoint, load_model_weights
+from detkit.errors import UserError
+from detkit.evaluation.coco import COCOEvaluator
+from detkit.evaluation.results import save_results, to_coco_results
+from detkit.evaluation.voc import VOCEvaluator
+from detkit.modeling.build import build_model
+
+logger = logging.getLogger("detkit")
+
+
+def build_evaluator(dataset):
+    """COCO-format sets with annotations -> COCOEvaluator; VOC -> VOCEvaluator; no ground truth -> None."""
+    if hasattr(dataset, "year") and hasattr(dataset, "annotations"):
+        return VOCEvaluator(dataset_annotations=dataset.annotations, class_names=dataset.class_names, year=dataset.year)
+    if getattr(dataset, "coco", None) is not None and getattr(dataset, "has_annotations", True):
+        return COCOEvaluator(coco_gt=dataset.coco, category_ids=dataset.category_ids, class_names=dataset.class_names)
+    return None
+
+
+@torch.inference_mode()
+def run_inference(model, dataset, *, batch_size: int = 1, desc: str = "inference") -> tuple[list[dict], list[dict]]:
+    """Detections for every image of `dataset` as (targets, outputs) lists, boxes in original pixels, on the CPU."""
+    was_training = model.training
+    model.eval()
+    loader = build_test_loader(dataset, batch_size=batch_size)
+    all_targets, all_outputs = [], []
+    start = time.perf_counter()
+    for images, targets in tqdm(loader, desc=desc, dynamic_ncols=True, disable=None):
+        if not images:
+            continue
+        outputs = model(images)
+        all_targets.extend(targets)
+        all_outputs.extend({k: v.cpu() for k, v in out.items()} for out in outputs)
+    elapsed = time.perf_counter() - start
+    if all_outputs:
+        logger.info(f"{desc}: {len(all_outputs)} images in {elapsed:.1f}s ({elapsed / len(all_outputs):.3f} s/image)")
+    model.train(was_training)
+    return all_targets, all_outputs
+
+
+def evaluate_datasets(cfg, model, datasets: list, *, output_dir: Path | None) -> dict:
+    """Run and evaluate each test dataset. With `output_dir`, writes detections.json and metrics.json there.
+
+    Returns the first dataset's metrics; with several datasets each one's metrics are also under
+    `datasets` (keyed by position and format) and their files get a `_<i>` suffix after the first.
+    """
+    all_metrics = {}
+    for i, dataset in enumerate(datasets):
+        targets, outputs = run_inference(model, dataset, batch_size=cfg.test.ims_per_batch, desc=f"test[{i}]")
+        evaluator = build_evaluator(dataset)
+        suffix = "" if i == 0 else f"_{i}"
+        if evaluator is None:
+            results = [r for t, o in zip(targets, outputs) for r in to_coco_results(t["image_id"], o, dataset.category_ids)]
+            metrics = {}
+            logger.info(f"test[{i}] has no ground truth: detections written, not evaluated")
+        else:
+            evaluator.reset()
+            evaluator.process(targets, outputs)
+            results = evaluator.results
+            metrics = evaluator.evaluate()
+        if output_dir is not None:
+            save_results(output_dir / f"detections{suffix}.json", results)
+            if metrics:
+                write_json(output_dir / f"metrics{suffix}.json", metrics)
+        all_metrics[f"{i}:{cfg.data.test[i].get('format', '?')}"] = metrics
+    first = next(iter(all_metrics.values()), {})
+    if len(all_metrics) > 1:
+        first = {**first, "datasets": all_metrics}
+    return first
+
+
+def write_json(path: Path, data) -> None:
+    """Write JSON atomically (temporary file then rename)."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(data, indent=2))
+    tmp.replace(path)
+
+
+def test(cfg, *, weights: str | Path, output_dir: Path) -> dict:
+    """tools/test_net.py: load `weights`, run over every `data.test` set, write files into `output_dir`."""
+    if not cfg.data.test:
+        raise UserError("data.test is empty: name at least one test dataset in the config")
+    datasets = [build_datasets([spec], cfg=cfg, is_train=False) for spec in cfg.data.test]
+    state = load_checkpoint(weights)
+    names = state.get("class_names") or datasets[0].class_names
+    if cfg.model.num_classes is None:
+        cfg.model.num_classes = len(names)
+    model = build_model(cfg)
+    load_model_weights(model, state, weights)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    return evaluate_datasets(cfg, model, datasets, output_dir=output_dir)

@@ -1,0 +1,55 @@
+"""Single-image inference for applications: BGR numpy in, numpy boxes/scores/labels out."""
+
+import logging
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from detkit.engine.checkpoint import load_checkpoint, load_model_weights
+from detkit.errors import UserError
+from detkit.modeling.build import build_model
+
+logger = logging.getLogger("detkit")
+
+
+class Predictor:
+    """Wraps a trained detector.
+
+    `Predictor(cfg, weights="output/x/model_final.pth")(image_bgr)` returns
+    {"boxes": (N, 4) float32 xyxy in input pixels, "scores": (N,), "labels": (N,) int64 class indices};
+    `class_names[label]` names a label. Class names come from the checkpoint (training stores
+    them), else from `class_names`, else they are "class_<i>".
+    """
+
+    def __init__(self, cfg, weights: str | Path | None = None, *, class_names: list[str] | None = None):
+        state = load_checkpoint(weights) if weights is not None else None
+        names = class_names or (state or {}).get("class_names")
+        num_classes = cfg.model.num_classes or (len(names) if names else None)
+        if num_classes is None:
+            raise UserError("model.num_classes is not set and the weights do not name their classes")
+        self.model = build_model(cfg, num_classes=num_classes)
+        if state is not None:
+            load_model_weights(self.model, state, weights)
+        else:
+            logger.warning("Predictor without weights: the detection heads are untrained")
+        self.model.eval()
+        self.class_names = list(names) if names else [f"class_{i}" for i in range(num_classes)]
+
+    @property
+    def device(self) -> torch.device:
+        return self.model.device
+
+    @torch.inference_mode()
+    def __call__(self, image_bgr: np.ndarray) -> dict[str, np.ndarray]:
+        if not isinstance(image_bgr, np.ndarray) or image_bgr.ndim != 3 or image_bgr.shape[2] != 3:
+            shape = getattr(image_bgr, "shape", None)
+            raise UserError(f"Predictor expects an HxWx3 BGR uint8 image, got shape {shape}")
+        # (H, W, 3) BGR -> (3, H, W) RGB
+        image = torch.from_numpy(np.ascontiguousarray(image_bgr[:, :, ::-1].transpose(2, 0, 1)))
+        out = self.model([image])[0]
+        return {
+            "boxes": out["boxes"].float().cpu().numpy(),
+            "scores": out["scores"].float().cpu().numpy(),
+            "labels": out["labels"].cpu().numpy(),
+        }
