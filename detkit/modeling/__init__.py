@@ -1,0 +1,1 @@
+"""Detection model parts: backbone, RPN, RoI heads, the detector."""
