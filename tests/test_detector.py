@@ -1,0 +1,118 @@
+"""Whole-model checks on a tiny ResNet-18 C4 detector (CPU, seconds)."""
+
+import torch
+import torchvision
+
+from detkit import build_model, load_config
+
+TINY = [
+    "model.num_classes=3",
+    "model.backbone.depth=18",
+    "model.backbone.weights=null",
+    "model.backbone.norm=bn",
+    "model.backbone.freeze_at=0",
+    "model.backbone.width=32",
+    "model.rpn.anchor_sizes=[16,32]",
+    "model.rpn.pre_nms_topk_train=200",
+    "model.rpn.post_nms_topk_train=50",
+    "model.rpn.pre_nms_topk_test=100",
+    "model.rpn.post_nms_topk_test=20",
+    "model.roi_heads.batch_size_per_image=32",
+    "input.min_size_test=64",
+    "input.max_size_test=100",
+]
+
+
+def tiny_model(extra=()):
+    torch.manual_seed(0)
+    return build_model(load_config(None, TINY + list(extra)))
+
+
+def batch():
+    images = [torch.randint(0, 256, (3, 64, 80), dtype=torch.uint8), torch.randint(0, 256, (3, 48, 64), dtype=torch.uint8)]
+    targets = [
+        {"boxes": torch.tensor([[5.0, 6.0, 40.0, 50.0], [30.0, 10.0, 70.0, 30.0]]), "labels": torch.tensor([0, 2])},
+        {"boxes": torch.zeros(0, 4), "labels": torch.zeros(0, dtype=torch.int64)},  # image without objects
+    ]
+    return images, targets
+
+
+def test_train_step_reduces_loss_and_keeps_targets():
+    for head in ["res5", "fc"]:
+        model = tiny_model([f"model.roi_heads.head={head}", "model.roi_heads.pooler_resolution=8"]).train()
+        images, targets = batch()
+        before = [dict(t) for t in targets]
+        opt = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.01, momentum=0.9)
+        totals = []
+        for _ in range(6):
+            torch.manual_seed(1)
+            losses = model(images, targets)
+            assert set(losses) == {"loss_rpn_cls", "loss_rpn_box", "loss_cls", "loss_box"}
+            total = sum(losses.values())
+            assert torch.isfinite(total)
+            opt.zero_grad()
+            total.backward()
+            opt.step()
+            totals.append(total.item())
+        assert totals[-1] < totals[0], (head, totals)
+        for t, b in zip(targets, before):
+            assert t["boxes"] is b["boxes"] and t["labels"] is b["labels"]
+        assert torch.equal(targets[0]["boxes"], torch.tensor([[5.0, 6.0, 40.0, 50.0], [30.0, 10.0, 70.0, 30.0]]))
+
+
+def test_eval_step_outputs_in_input_pixels():
+    model = tiny_model().eval()
+    images, _ = batch()
+    with torch.no_grad():
+        out = model(images)
+    assert len(out) == 2
+    for o, im in zip(out, images):
+        assert set(o) == {"boxes", "scores", "labels"}
+        h, w = im.shape[-2:]
+        if len(o["boxes"]):
+            assert (o["boxes"][:, 2] <= w + 1e-3).all() and (o["boxes"][:, 3] <= h + 1e-3).all()
+        assert o["labels"].dtype == torch.int64
+
+
+def test_test_time_resize_maps_boxes_back():
+    """An image twice the test size must give the same detections at twice the coordinates."""
+    model = tiny_model().eval()
+    small = torch.randint(0, 256, (3, 64, 96), dtype=torch.uint8)
+    large = torch.nn.functional.interpolate(small[None].float(), scale_factor=2, mode="nearest")[0]
+    with torch.no_grad():
+        a = model([small])[0]
+        b = model([large])[0]
+    assert a["boxes"].shape == b["boxes"].shape
+    # nearest-upsampled then bilinear-downsampled is not bit-identical to the original; allow a few pixels
+    assert torch.allclose(b["boxes"], 2 * a["boxes"], atol=6.0)
+
+
+def test_normalisation_matches_torchvision_convention():
+    """The trunk must see (rgb/255 - mean)/std, the input torchvision's ImageNet weights were trained on."""
+    model = tiny_model(["model.backbone.width=64"]).eval()
+    image = torch.randint(0, 256, (3, 64, 64), dtype=torch.uint8)
+    batch_t, sizes, _ = model.preprocessor([image])
+    mean = torch.tensor([0.485, 0.456, 0.406]).view(3, 1, 1)
+    std = torch.tensor([0.229, 0.224, 0.225]).view(3, 1, 1)
+    expected = (image.float() / 255 - mean) / std
+    assert sizes == [(64, 64)]
+    assert torch.allclose(batch_t[0], expected, atol=1e-5)
+    # and the trunk of a torchvision ResNet given the same weights sees the same features
+    ref = torchvision.models.resnet18().eval()
+    ours = model
+    state = {k: v for k, v in ref.state_dict().items() if not k.startswith(("fc.", "layer4."))}
+    state = {k: v for k, v in state.items() if not k.endswith("num_batches_tracked")}
+    missing = ours.backbone.load_state_dict(state, strict=False).missing_keys
+    assert missing == []
+    with torch.no_grad():
+        feats = ours.backbone(ours.preprocessor([image])[0])
+        x = expected[None]
+        r = ref.layer3(ref.layer2(ref.layer1(ref.maxpool(ref.relu(ref.bn1(ref.conv1(x)))))))
+    assert torch.allclose(feats, r, atol=1e-4)
+
+
+def test_padding_batches_different_sizes():
+    model = tiny_model().train()
+    images, _ = batch()
+    batch_t, sizes, _ = model.preprocessor(images)
+    assert batch_t.shape == (2, 3, 64, 80) and sizes == [(64, 80), (48, 64)]
