@@ -171,8 +171,6 @@ def _check_type(key: str, value: Any, default: Any, source: str) -> Any:
 
 def _merge(base: dict, update: dict, prefix: str, source: str) -> None:
     """Merge `update` into `base` in place, checking every key against `base`."""
-    if not isinstance(update, dict):
-        raise UserError(f"config section '{prefix or '<top>'}' in {source} must be a mapping, got {update!r}")
     for key, value in update.items():
         full = f"{prefix}{key}"
         if key not in base:
@@ -180,6 +178,8 @@ def _merge(base: dict, update: dict, prefix: str, source: str) -> None:
             hint = f" (did you mean {', '.join(close)}?)" if close else ""
             raise UserError(f"unknown config key '{full}' in {source}{hint}")
         if isinstance(base[key], dict):
+            if not isinstance(value, dict):
+                raise UserError(f"config key '{full}' in {source} is a section: give a mapping, not {value!r}")
             _merge(base[key], value, full + ".", source)
         else:
             base[key] = _check_type(full, value, base[key], source)
