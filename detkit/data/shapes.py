@@ -1,0 +1,269 @@
+"""The embedded synthetic dataset: coloured shapes on varied backgrounds, written in COCO format.
+
+`{format: shapes, split: train|test, num_images: N, seed: S}` in `data.train` / `data.test` makes
+`ensure_shapes` generate the split once into the cache folder; the files are then read by
+`COCODataset` like any COCO-format set, so training and evaluation take the same path as on COCO.
+
+What an image holds (the default dataset a new user trains on, so it has to be a fair task):
+- size: height and width each drawn from 200..320 px, so landscape and portrait images both occur;
+- background: a solid colour, a linear gradient between two colours, or smooth value noise;
+- 0 to 5 objects (about 8% of images have none) from 6 classes (`CLASS_NAMES`), each 20..100 px
+  along its longer box side (log-uniform), rotated at random except circles;
+- colours are drawn until the object stands out from what lies under it (background and earlier
+  objects), so every object is visible;
+- objects may overlap, drawn in order, but a placement is rejected if it would leave an earlier
+  object less than 70% visible; the box is the full shape's extent, occluded parts included.
+
+Everything is drawn from a `numpy.random.RandomState` seeded from (seed, split, image index), so the
+same parameters give the same bytes on every machine with the same OpenCV/zlib, and image i does not
+depend on how many images the split has.
+"""
+
+import hashlib
+import json
+import logging
+import os
+import shutil
+import tempfile
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from detkit.errors import UserError
+
+logger = logging.getLogger(__name__)
+
+CLASS_NAMES = ["circle", "square", "triangle", "star", "hexagon", "cross"]
+SPLITS = ("train", "test")
+DEFAULT_NUM_IMAGES = {"train": 2000, "test": 300}
+DEFAULT_SEED = 0
+VERSION = "shapes-v1"  # bump when the generator changes, so old caches are not reused
+
+_MIN_SIDE, _MAX_SIDE = 200, 320  # image height and width range (inclusive)
+_MIN_OBJ, _MAX_OBJ = 20, 100  # longer box side of an object, px
+_EMPTY_FRACTION = 0.08
+_MAX_OBJECTS = 5
+_MIN_VISIBLE = 0.7  # an earlier object must keep at least this share of its pixels visible
+_PLACEMENT_TRIES = 20
+_COLOUR_TRIES = 30
+_MIN_MEAN_CONTRAST = 100.0  # mean RGB distance between an object and what lies under it
+_LOW_CONTRAST = 60.0  # RGB distance counted as "low contrast" for a pixel under the object
+_MAX_LOW_FRACTION = 0.1  # at most this share of the pixels under an object may be low contrast
+# zlib level 1 with run-length strategy: the fastest setting that still compresses these images ~10x.
+_PNG_PARAMS = [cv2.IMWRITE_PNG_COMPRESSION, 1, cv2.IMWRITE_PNG_STRATEGY, cv2.IMWRITE_PNG_STRATEGY_RLE]
+
+
+def _regular(n: int, radius: float = 1.0, start: float = -np.pi / 2) -> np.ndarray:
+    angles = start + np.arange(n) * 2 * np.pi / n
+    return radius * np.stack([np.cos(angles), np.sin(angles)], axis=1)
+
+
+def _star(points: int = 5, inner: float = 0.42) -> np.ndarray:
+    radii = np.tile([1.0, inner], points)
+    angles = -np.pi / 2 + np.arange(2 * points) * np.pi / points
+    return np.stack([radii * np.cos(angles), radii * np.sin(angles)], axis=1)
+
+
+def _cross(a: float = 0.33) -> np.ndarray:
+    return np.array(
+        [(-a, -1), (a, -1), (a, -a), (1, -a), (1, a), (a, a), (a, 1), (-a, 1), (-a, a), (-1, a), (-1, -a), (-a, -a)],
+        dtype=np.float64,
+    )
+
+
+# Unit outlines, centred at 0, in the order of CLASS_NAMES; every shape is drawn as a polygon.
+_OUTLINES = [
+    _regular(48),
+    np.array([(-1, -1), (1, -1), (1, 1), (-1, 1)], dtype=np.float64),
+    _regular(3),
+    _star(),
+    _regular(6),
+    _cross(),
+]
+_ROTATES = [False, True, True, True, True, True]
+
+
+def _background(rng: np.random.RandomState, h: int, w: int) -> np.ndarray:
+    """(h, w, 3) uint8 RGB background: solid, linear gradient, or smooth value noise."""
+    kind = rng.randint(3)
+    c1 = rng.uniform(0, 255, 3)
+    if kind == 0:
+        return np.broadcast_to(np.round(c1).astype(np.uint8), (h, w, 3)).copy()
+    c2 = rng.uniform(0, 255, 3)
+    if kind == 1:
+        theta = rng.uniform(0, 2 * np.pi)
+        t = np.add.outer(
+            np.arange(h, dtype=np.float32) * np.float32(np.sin(theta)),
+            np.arange(w, dtype=np.float32) * np.float32(np.cos(theta)),
+        )
+    else:
+        # Two octaves of bicubically upsampled random grids: smooth blotches at two scales.
+        gh, gw = rng.randint(3, 8, size=2)
+        coarse = rng.uniform(0, 1, (gh, gw)).astype(np.float32)
+        fine = rng.uniform(0, 1, (3 * gh, 3 * gw)).astype(np.float32)
+        t = cv2.resize(coarse, (w, h), interpolation=cv2.INTER_CUBIC)
+        t += 0.35 * cv2.resize(fine, (w, h), interpolation=cv2.INTER_CUBIC)
+    lo, hi = float(t.min()), float(t.max())
+    t = (t - lo) / max(hi - lo, 1e-6)  # 0..1
+    # c1 + t * (c2 - c1) per channel, rounded and saturated to uint8 by OpenCV (lies in [c1, c2], so >= 0).
+    return cv2.merge([cv2.convertScaleAbs(t, alpha=float(b - a), beta=float(a)) for a, b in zip(c1, c2)])
+
+
+def _pick_colour(rng: np.random.RandomState, under: np.ndarray) -> np.ndarray:
+    """An RGB colour that contrasts with `under` (n, 3), the pixels the object will cover."""
+    best, best_score = None, -1.0
+    for _ in range(_COLOUR_TRIES):
+        colour = rng.uniform(0, 255, 3).astype(np.float32)
+        dist = np.sqrt(((under - colour) ** 2).sum(axis=1))
+        mean, low = float(dist.mean()), float((dist < _LOW_CONTRAST).mean())
+        if mean >= _MIN_MEAN_CONTRAST and low <= _MAX_LOW_FRACTION:
+            return colour
+        if mean * (1 - low) > best_score:
+            best, best_score = colour, mean * (1 - low)
+    return best
+
+
+def _render_image(rng: np.random.RandomState) -> tuple[np.ndarray, list[dict]]:
+    """One image (h, w, 3) uint8 RGB and its objects: dicts with class index `cls`, xyxy `box`, pixel
+    `area` of the whole shape, `poly` (continuous coordinates) and the `visible` share of its pixels."""
+    h, w = (int(v) for v in rng.randint(_MIN_SIDE, _MAX_SIDE + 1, size=2))
+    canvas = _background(rng, h, w)
+    owner = np.full((h, w), -1, dtype=np.int16)  # index of the object visible at each pixel; -1 background
+    num = 0 if rng.uniform() < _EMPTY_FRACTION else rng.randint(1, _MAX_OBJECTS + 1)
+    objects: list[dict] = []
+    visible: list[int] = []  # visible pixel count of each placed object
+    for _ in range(num):
+        cls = rng.randint(len(CLASS_NAMES))
+        size = float(np.exp(rng.uniform(np.log(_MIN_OBJ), np.log(_MAX_OBJ))))
+        theta = rng.uniform(0, 2 * np.pi) if _ROTATES[cls] else 0.0
+        rot = np.array([[np.cos(theta), -np.sin(theta)], [np.sin(theta), np.cos(theta)]])
+        pts = _OUTLINES[cls] @ rot.T
+        pts = pts * (size / (pts.max(axis=0) - pts.min(axis=0)).max())
+        lo, hi = pts.min(axis=0), pts.max(axis=0)
+        for _ in range(_PLACEMENT_TRIES):
+            # Centre such that the whole shape lies inside the image.
+            centre = np.array([rng.uniform(-lo[0], w - hi[0]), rng.uniform(-lo[1], h - hi[1])])
+            poly = pts + centre  # continuous pixel coordinates
+            x0, y0 = (int(v) for v in np.floor(poly.min(axis=0)))
+            x1, y1 = (int(v) for v in np.ceil(poly.max(axis=0)))
+            x0, y0, x1, y1 = max(x0, 0), max(y0, 0), min(x1, w), min(y1, h)
+            # OpenCV puts pixel centres at integer coordinates: shift by -0.5, 4 fractional bits.
+            fixed = np.round((poly - [x0 + 0.5, y0 + 0.5]) * 16).astype(np.int32)
+            mask = np.zeros((y1 - y0, x1 - x0), dtype=np.uint8)
+            cv2.fillPoly(mask, [fixed], 1, lineType=cv2.LINE_8, shift=4)
+            mask = mask.astype(bool)
+            area = int(mask.sum())
+            if area == 0:
+                continue
+            region = owner[y0:y1, x0:x1]
+            covered = np.bincount(region[mask] + 1, minlength=len(objects) + 1)[1:]
+            if any(visible[j] - covered[j] < _MIN_VISIBLE * objects[j]["area"] for j in range(len(objects))):
+                continue
+            colour = _pick_colour(rng, canvas[y0:y1, x0:x1][mask].astype(np.float32))
+            canvas[y0:y1, x0:x1][mask] = np.round(colour).astype(np.uint8)
+            region[mask] = len(objects)
+            for j in range(len(objects)):
+                visible[j] -= int(covered[j])
+            cols, rows = np.flatnonzero(mask.any(axis=0)), np.flatnonzero(mask.any(axis=1))
+            box = [x0 + cols[0], y0 + rows[0], x0 + cols[-1] + 1, y0 + rows[-1] + 1]
+            objects.append({"cls": int(cls), "box": [float(v) for v in box], "area": area, "poly": poly})
+            visible.append(area)
+            break
+    for obj, vis in zip(objects, visible):
+        obj["visible"] = vis / obj["area"]
+    return canvas, objects
+
+
+def _split_code(split: str) -> int:
+    return SPLITS.index(split) + 1
+
+
+def generate_shapes(out_dir: Path, split: str, num_images: int, seed: int) -> None:
+    """Write `num_images` PNGs to `out_dir/images/` and `out_dir/annotations.json` (COCO instances)."""
+    image_dir = out_dir / "images"
+    image_dir.mkdir(parents=True, exist_ok=True)
+
+    def make(i: int) -> tuple[str, tuple[int, int], list[dict]]:
+        image, objects = _render_image(np.random.RandomState([seed, _split_code(split), i]))
+        file_name = f"{i + 1:06d}.png"
+        if not cv2.imwrite(str(image_dir / file_name), image[:, :, ::-1], _PNG_PARAMS):
+            raise OSError(f"could not write {image_dir / file_name}")
+        return file_name, image.shape[:2], objects
+
+    images, annotations = [], []
+    # Each image has its own RNG, so threads (OpenCV and numpy release the GIL) do not change the output.
+    with ThreadPoolExecutor(max_workers=min(4, os.cpu_count() or 1)) as pool:
+        results = list(pool.map(make, range(num_images)))
+    for i, (file_name, (height, width), objects) in enumerate(results):
+        image_id = i + 1
+        images.append({"id": image_id, "file_name": file_name, "height": height, "width": width})
+        for obj in objects:
+            x0, y0, x1, y1 = obj["box"]
+            annotations.append(
+                {
+                    "id": len(annotations) + 1,
+                    "image_id": image_id,
+                    "category_id": obj["cls"] + 1,
+                    "bbox": [x0, y0, x1 - x0, y1 - y0],
+                    "area": float(obj["area"]),
+                    "iscrowd": 0,
+                    "segmentation": [[round(float(v), 2) for v in obj["poly"].reshape(-1)]],
+                }
+            )
+    data = {
+        "info": {"description": f"detkit synthetic shapes ({VERSION}), split {split}, seed {seed}"},
+        "images": images,
+        "annotations": annotations,
+        "categories": [{"id": k + 1, "name": n, "supercategory": "shape"} for k, n in enumerate(CLASS_NAMES)],
+    }
+    (out_dir / "annotations.json").write_text(json.dumps(data, separators=(",", ":")))
+
+
+def shapes_dir(root: Path, split: str, num_images: int, seed: int) -> Path:
+    """The cache folder of one split: `root/shapes-v1-<hash of (num_images, seed)>/<split>`."""
+    key = json.dumps({"version": VERSION, "num_images": num_images, "seed": seed}, sort_keys=True)
+    return Path(root) / f"{VERSION}-{hashlib.sha1(key.encode()).hexdigest()[:10]}" / split
+
+
+def ensure_shapes(
+    root: Path, split: str, num_images: int | None = None, seed: int | None = None
+) -> tuple[Path, Path]:
+    """Generate the split under `root` unless it is already there; return (image_dir, json_path).
+
+    `num_images` and `seed` default to DEFAULT_NUM_IMAGES[split] and DEFAULT_SEED. Generation goes
+    into a temporary folder beside the final one and is renamed into place when complete, so an
+    interrupted run never leaves a partial split; concurrent runs each generate and the first
+    rename wins (the others discard their copy, which is identical).
+    """
+    if split not in SPLITS:
+        raise UserError(f"shapes split must be one of {', '.join(SPLITS)}, got {split!r}")
+    num_images = DEFAULT_NUM_IMAGES[split] if num_images is None else int(num_images)
+    seed = DEFAULT_SEED if seed is None else int(seed)
+    if num_images < 1 or not 0 <= seed < 2**32:
+        raise UserError(f"shapes: num_images must be >= 1 and seed in [0, 2**32), got {num_images} and {seed}")
+    final = shapes_dir(root, split, num_images, seed)
+    image_dir, json_path = final / "images", final / "annotations.json"
+    if json_path.is_file():
+        return image_dir, json_path
+    if final.exists():
+        raise UserError(f"shapes cache folder {final} is incomplete (no annotations.json); delete it and rerun")
+    try:
+        final.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{split}-partial-", dir=final.parent))
+    except OSError as e:
+        raise UserError(f"cannot create the shapes cache under {root}: {e}; set data.cache_dir or DETKIT_CACHE") from None
+    logger.info("generating the shapes %s split (%d images, seed %d) into %s", split, num_images, seed, final)
+    try:
+        generate_shapes(tmp, split, num_images, seed)
+        try:
+            os.rename(tmp, final)
+        except OSError:
+            if not json_path.is_file():  # not a concurrent run that finished first
+                raise
+            shutil.rmtree(tmp, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return image_dir, json_path

@@ -1,0 +1,110 @@
+"""Training augmentation: shortest-edge resize, horizontal flip, colour jitter (albumentations).
+
+A transform is a callable `(image, boxes, labels) -> (image, boxes, labels)`:
+    image   (H, W, 3) uint8 RGB numpy array
+    boxes   (N, 4) float32 xyxy, continuous pixels of that image
+    labels  (N,) int64 contiguous class indices
+Boxes that end up narrower or shorter than 1 px are dropped together with their labels.
+
+Test images are not resized here: the model resizes them itself with `resize_shortest_edge_size`.
+"""
+
+import random
+
+import albumentations as A
+import cv2
+import numpy as np
+
+
+def resize_shortest_edge_size(h: int, w: int, short: int, max_size: int) -> tuple[int, int]:
+    """Size (new_h, new_w) of an h x w image resized so its short side is `short` and long side <= `max_size`.
+
+    One scale factor for both sides (aspect ratio kept): `short / min(h, w)`, lowered to
+    `max_size / max(h, w)` when the long side would exceed `max_size` (`max_size <= 0`: no cap).
+    Each side is `h * scale` (resp. `w * scale`) rounded to the nearest integer, halves rounded up,
+    and at least 1. Boxes follow with the per-axis factors `new_w / w` and `new_h / h`.
+    """
+    scale = short / min(h, w)
+    if max_size > 0 and max(h, w) * scale > max_size:
+        scale = max_size / max(h, w)
+    return max(int(h * scale + 0.5), 1), max(int(w * scale + 0.5), 1)
+
+
+def resize_image_and_boxes(
+    image: np.ndarray, boxes: np.ndarray, new_h: int, new_w: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Bilinear resize of an (H, W, C) image to (new_h, new_w); (N, 4) xyxy boxes scaled to match.
+
+    OpenCV maps the image's outer edges onto each other (pixel centres at +0.5), so continuous
+    coordinates scale exactly by new/old per axis.
+    """
+    h, w = image.shape[:2]
+    if (new_h, new_w) != (h, w):
+        image = cv2.resize(image, (new_w, new_h), interpolation=cv2.INTER_LINEAR)
+    scale = np.array([new_w / w, new_h / h, new_w / w, new_h / h], dtype=np.float32)
+    return image, boxes.astype(np.float32) * scale
+
+
+def _valid(boxes: np.ndarray, min_size: float = 1.0) -> np.ndarray:
+    return ((boxes[:, 2] - boxes[:, 0]) >= min_size) & ((boxes[:, 3] - boxes[:, 1]) >= min_size)
+
+
+class TrainTransform:
+    """Random shortest-edge resize, then an albumentations pipeline (flip, jitter) on pascal_voc boxes.
+
+    Randomness comes from numpy's global RNG only (the resize choice and a fresh seed for the
+    albumentations pipeline on every call), so seeding `np.random` reproduces the augmentation;
+    the training loader does that per sample (see `detkit.data.loader`).
+    """
+
+    def __init__(self, *, min_sizes: list[int], max_size: int, hflip_prob: float, color_jitter: float):
+        if not min_sizes:
+            raise ValueError("min_sizes must hold at least one size")
+        self.min_sizes = [int(s) for s in min_sizes]
+        self.max_size = int(max_size)
+        steps: list = [A.HorizontalFlip(p=hflip_prob)]
+        if color_jitter > 0:
+            steps.append(
+                A.ColorJitter(brightness=color_jitter, contrast=color_jitter, saturation=color_jitter, hue=0.0, p=1.0)
+            )
+        self.pipeline = A.Compose(
+            steps,
+            bbox_params=A.BboxParams(format="pascal_voc", label_fields=["labels"], min_width=1.0, min_height=1.0),
+        )
+
+    def _reseed(self) -> None:
+        seed = int(np.random.randint(2**31))
+        if hasattr(self.pipeline, "set_random_state"):  # albumentations >= 2: its own generators
+            # One shared generator for all steps: per-step seeds would correlate flip and jitter draws.
+            self.pipeline.set_random_state(np.random.default_rng(seed), random.Random(seed))
+        else:  # albumentations 1.x draws from the global `random` and `np.random`
+            random.seed(seed)
+
+    def __call__(
+        self, image: np.ndarray, boxes: np.ndarray, labels: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        boxes = np.asarray(boxes, dtype=np.float32).reshape(-1, 4)
+        labels = np.asarray(labels, dtype=np.int64).reshape(-1)
+        h, w = image.shape[:2]
+        short = self.min_sizes[np.random.randint(len(self.min_sizes))]
+        image, boxes = resize_image_and_boxes(image, boxes, *resize_shortest_edge_size(h, w, short, self.max_size))
+        # Clip and drop degenerate boxes first: albumentations rejects boxes outside the image.
+        nh, nw = image.shape[:2]
+        boxes = np.clip(boxes, 0, [nw, nh, nw, nh]).astype(np.float32)
+        keep = _valid(boxes)
+        boxes, labels = boxes[keep], labels[keep]
+        self._reseed()
+        out = self.pipeline(image=image, bboxes=boxes, labels=labels)
+        boxes = np.asarray(out["bboxes"], dtype=np.float32).reshape(-1, 4)
+        labels = np.asarray(out["labels"], dtype=np.int64).reshape(-1)
+        keep = _valid(boxes)
+        return np.ascontiguousarray(out["image"]), boxes[keep], labels[keep]
+
+
+def build_train_transform(
+    *, min_sizes: list[int], max_size: int, hflip_prob: float, color_jitter: float
+) -> TrainTransform:
+    """The training transform of `input.*`: short side drawn from `min_sizes`, long side <= `max_size`,
+    horizontal flip with probability `hflip_prob`, brightness/contrast/saturation jitter of strength
+    `color_jitter` (factors drawn from [1 - s, 1 + s]; 0 turns it off)."""
+    return TrainTransform(min_sizes=min_sizes, max_size=max_size, hflip_prob=hflip_prob, color_jitter=color_jitter)
