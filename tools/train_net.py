@@ -3,7 +3,7 @@
 from pathlib import Path
 
 from detkit.config import load_config
-from detkit.engine.setup import ArgumentParser, default_output_dir, setup_logging, user_errors_exit
+from detkit.engine.setup import ArgumentParser, default_output_dir, user_errors_exit
 from detkit.engine.train import train
 
 
@@ -18,7 +18,6 @@ def main() -> None:
 
     cfg = load_config(args.config, args.overrides)
     output_dir = Path(args.output_dir) if args.output_dir else default_output_dir(args.config)
-    setup_logging(output_dir)
     train(cfg, output_dir=output_dir, resume=args.resume)
 
 

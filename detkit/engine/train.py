@@ -25,7 +25,7 @@ from detkit.engine.checkpoint import (
     set_rng_state,
 )
 from detkit.engine.inference import evaluate_datasets
-from detkit.engine.setup import seed_everything
+from detkit.engine.setup import seed_everything, setup_logging
 from detkit.errors import UserError
 from detkit.modeling.build import build_model
 from detkit.engine.schedule import lr_at
@@ -56,6 +56,7 @@ def format_eta(seconds: float) -> str:
 def train(cfg, *, output_dir: Path, resume: bool = False) -> dict:
     """Train the detector described by `cfg`, writing everything into `output_dir`. Returns the final metrics."""
     s = cfg.solver
+    setup_logging(output_dir)
     if not cfg.data.train:
         raise UserError("data.train is empty: name at least one training dataset in the config")
     seed_everything(cfg.seed)
