@@ -1,0 +1,81 @@
+"""Benchmark inference (per stage) and training for a config, against a reference timed in the same run.
+
+python tools/benchmark.py --config configs/coco_r101.yaml [--size 800] [--runs 3] [--train] [--quick] [KEY=VALUE ...]
+"""
+
+import json
+from pathlib import Path
+
+import torch
+
+from detkit.config import load_config
+from detkit.data.build import build_datasets
+from detkit.data.loader import build_train_loader
+from detkit.engine.benchmark import time_inference, time_torchvision_trunk, time_training
+from detkit.engine.setup import ArgumentParser, seed_everything, user_errors_exit
+from detkit.modeling.build import build_model
+
+
+@user_errors_exit
+def main() -> None:
+    parser = ArgumentParser(description="Time detkit inference and training; compare with torchvision's trunk.")
+    parser.add_argument("--config", required=True)
+    parser.add_argument("--size", type=int, default=0, help="short side of the test image (default: input.min_size_test)")
+    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--warmup", type=int, default=1)
+    parser.add_argument("--train", action="store_true", help="also time training iterations on data.train")
+    parser.add_argument("--quick", action="store_true", help="one tiny run of everything (for tests)")
+    parser.add_argument("--json", help="write the results here")
+    parser.add_argument("overrides", nargs="*")
+    args = parser.parse_args()
+
+    overrides = list(args.overrides)
+    if args.quick:
+        overrides = ["model.backbone.weights=null", *overrides]
+        args.runs, args.warmup = 1, 0
+    cfg = load_config(args.config, overrides)
+    if cfg.model.backbone.weights == "imagenet":
+        cfg.model.backbone.weights = None  # weights do not change the time; don't require the download
+    seed_everything(cfg.seed)
+    size = args.size or cfg.input.min_size_test
+    cfg.input.min_size_test = size
+    model = build_model(cfg, num_classes=cfg.model.num_classes or 80)
+    # a 4:3 image whose short side is `size`
+    image = torch.randint(0, 256, (3, size, size * 4 // 3), dtype=torch.uint8)
+    print(f"threads: {torch.get_num_threads()}, device: {model.device}, image {tuple(image.shape)}")
+
+    results = {"config": args.config, "size": size, "threads": torch.get_num_threads(), "device": str(model.device)}
+    results["inference"] = time_inference(model, image, warmup=args.warmup, runs=args.runs)
+    results["torchvision_trunk"] = time_torchvision_trunk(
+        cfg.model.backbone.depth, size, size * 4 // 3, device=model.device, warmup=args.warmup, runs=args.runs
+    )
+    ratio = results["inference"]["total"]["median_ms"] / results["torchvision_trunk"]["median_ms"]
+    results["ratio_to_trunk"] = ratio
+    print(f"{'stage':<12} {'median ms':>10} {'min':>9} {'max':>9}")
+    for name, t in results["inference"].items():
+        print(f"{name:<12} {t['median_ms']:>10.1f} {t['min_ms']:>9.1f} {t['max_ms']:>9.1f}")
+    t = results["torchvision_trunk"]
+    print(f"{'tv trunk':<12} {t['median_ms']:>10.1f} {t['min_ms']:>9.1f} {t['max_ms']:>9.1f}   "
+          f"(torchvision resnet{cfg.model.backbone.depth} conv1..conv5, same input)")
+    print(f"detector / torchvision trunk time: {ratio:.2f}")
+
+    if args.train:
+        train_set = build_datasets(cfg.data.train, cfg=cfg, is_train=True)
+        loader = build_train_loader(
+            train_set,
+            batch_size=cfg.solver.ims_per_batch,
+            seed=cfg.seed,
+            num_workers=cfg.dataloader.num_workers,
+            aspect_ratio_grouping=cfg.dataloader.aspect_ratio_grouping,
+        )
+        train_model = build_model(cfg, num_classes=len(train_set.class_names))
+        results["training"] = time_training(train_model, loader, warmup=args.warmup, runs=args.runs)
+        tr = results["training"]
+        print(f"training: {tr['iteration']['median_ms']:.0f} ms/iteration, {tr['images_per_s']:.2f} images/s, "
+              f"data loading {100 * tr['data_share']:.1f}% of the time")
+    if args.json:
+        Path(args.json).write_text(json.dumps(results, indent=2))
+
+
+if __name__ == "__main__":
+    main()
