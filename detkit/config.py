@@ -1,4 +1,4 @@
-"""Configuration: the defaults below, a YAML file (with one `_base_`), and dotted KEY=VALUE overrides.
+"""Configuration: the defaults below, a YAML file (which may name a `_base_` file), and dotted KEY=VALUE overrides.
 
 Every key the project reads is listed in DEFAULTS with a one-line comment. A YAML file or an
 override may only set keys that exist here, with a value of the same type (ints are accepted
@@ -19,6 +19,7 @@ DEFAULTS: dict[str, Any] = {
     "model": {
         "num_classes": None,  # foreground classes; null: taken from the first training dataset
         "device": "auto",  # cpu | cuda | auto (cuda when available)
+        "weights": "",  # detkit checkpoint to start the whole detector from (fine-tuning); layers of another shape stay new
         "pixel_mean": [0.485, 0.456, 0.406],  # RGB mean of 0-1 images, the convention of torchvision's weights
         "pixel_std": [0.229, 0.224, 0.225],  # RGB std of 0-1 images, same convention
         "backbone": {
@@ -210,20 +211,25 @@ def _parse_override(item: str) -> tuple[list[str], Any]:
     return key.strip().split("."), value
 
 
+def _merge_file(cfg: dict, path: Path, seen: tuple[Path, ...]) -> None:
+    """Merge `path` into `cfg`, after the file its `_base_` names (relative to it), if any."""
+    path = path.resolve()
+    if path in seen:
+        raise UserError(f"{path}: _base_ chain loops back to itself")
+    data = _read_yaml(path)
+    base = data.pop("_base_", None)
+    if base is not None:
+        if not isinstance(base, str):
+            raise UserError(f"{path}: _base_ must be a file name, got {base!r}")
+        _merge_file(cfg, path.parent / base, seen + (path,))
+    _merge(cfg, data, "", str(path))
+
+
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
-    """Defaults <- `_base_` file <- `path` <- overrides ("solver.max_iter=200", values parsed as YAML)."""
+    """Defaults <- `_base_` files <- `path` <- overrides ("solver.max_iter=200", values parsed as YAML)."""
     cfg = copy.deepcopy(DEFAULTS)
     if path is not None:
-        path = Path(path)
-        data = _read_yaml(path)
-        base = data.pop("_base_", None)
-        if base is not None:
-            base_path = (path.parent / base).resolve()
-            base_data = _read_yaml(base_path)
-            if "_base_" in base_data:
-                raise UserError(f"{base_path}: only one level of _base_ is supported")
-            _merge(cfg, base_data, "", str(base_path))
-        _merge(cfg, data, "", str(path))
+        _merge_file(cfg, Path(path), seen=())
     for item in overrides or []:
         keys, value = _parse_override(item)
         nested: Any = value

@@ -63,3 +63,22 @@ def test_dump_round_trip(tmp_path):
     cfg = load_config(None, ["solver.max_iter=7"])
     p = write(tmp_path, "dumped.yaml", cfg.dump())
     assert load_config(p) == cfg
+
+
+def test_base_chain_and_loop(tmp_path):
+    write(tmp_path, "a.yaml", "solver:\n  max_iter: 1\n  base_lr: 0.5\n")
+    write(tmp_path, "b.yaml", "_base_: a.yaml\nsolver:\n  max_iter: 2\n")
+    c = write(tmp_path, "c.yaml", "_base_: b.yaml\nseed: 3\n")
+    cfg = load_config(c)
+    assert (cfg.solver.max_iter, cfg.solver.base_lr, cfg.seed) == (2, 0.5, 3)
+    write(tmp_path, "x.yaml", "_base_: y.yaml\n")
+    write(tmp_path, "y.yaml", "_base_: x.yaml\n")
+    with pytest.raises(UserError, match="loops"):
+        load_config(tmp_path / "x.yaml")
+
+
+def test_shipped_configs_load():
+    from pathlib import Path
+
+    for path in sorted(Path(__file__).resolve().parents[1].glob("configs/*.yaml")):
+        load_config(path)

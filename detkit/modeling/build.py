@@ -1,7 +1,10 @@
 """Maps a config onto the detector's parts: the one place that reads `cfg.model`."""
 
+import logging
+
 import torch
 
+from detkit.engine.checkpoint import load_checkpoint
 from detkit.errors import UserError
 from detkit.modeling.backbone.resnet import build_resnet_c4
 from detkit.modeling.detector import FasterRCNN, ImagePreprocessor
@@ -9,6 +12,8 @@ from detkit.modeling.roi_heads import RoIHeads
 from detkit.modeling.rpn import RPN
 
 C4_STRIDE = 16
+
+logger = logging.getLogger("detkit")
 
 
 def resolve_device(name: str) -> torch.device:
@@ -58,4 +63,19 @@ def build_model(cfg, *, num_classes: int | None = None) -> FasterRCNN:
             num_classes=num_classes,
         ),
     )
+    if cfg.model.weights:
+        load_matching_weights(model, cfg.model.weights)
     return model.to(resolve_device(cfg.model.device))
+
+
+def load_matching_weights(model: FasterRCNN, path: str) -> None:
+    """Initialise from a detkit checkpoint, keeping the layers whose shapes differ (e.g. the class-specific
+    predictor when fine-tuning COCO -> VOC) at their fresh initialisation, and saying which those are."""
+    state = load_checkpoint(path)["model"]
+    own = model.state_dict()
+    matching = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
+    if not matching:
+        raise UserError(f"model.weights={path}: no layer of the checkpoint fits this model (different backbone?)")
+    model.load_state_dict(matching, strict=False)
+    fresh = sorted(k for k in own if k not in matching)
+    logger.info(f"initialised {len(matching)} tensors from {path}; new: {', '.join(fresh) if fresh else 'none'}")
