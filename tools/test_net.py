@@ -19,7 +19,7 @@ def main() -> None:
     cfg = load_config(args.config, args.overrides)
     output_dir = Path(args.output_dir) if args.output_dir else default_output_dir(args.config)
     setup_logging(output_dir, filename="test_log.txt")
-    test(cfg, weights=args.weights, output_dir=output_dir)
+    test(cfg, weights=args.weights, output_dir=output_dir, config_path=args.config)
 
 
 if __name__ == "__main__":

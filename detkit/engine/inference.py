@@ -14,8 +14,10 @@ from detkit.engine.checkpoint import load_checkpoint, load_model_weights
 from detkit.errors import UserError
 from detkit.evaluation.coco import COCOEvaluator
 from detkit.evaluation.results import save_results, to_coco_results
+from detkit.evaluation.submission import write_sidecar
 from detkit.evaluation.voc import VOCEvaluator
 from detkit.modeling.build import build_model
+from detkit.modeling.test_time import detect
 
 logger = logging.getLogger("detkit")
 
@@ -30,8 +32,19 @@ def build_evaluator(dataset):
 
 
 @torch.inference_mode()
-def run_inference(model, dataset, *, batch_size: int = 1, desc: str = "inference") -> tuple[list[dict], list[dict]]:
-    """Detections for every image of `dataset` as (targets, outputs) lists, boxes in original pixels, on the CPU."""
+def run_inference(
+    model,
+    dataset,
+    *,
+    batch_size: int = 1,
+    scales: list[int] = (),
+    flip: bool = False,
+    multiscale_mode: str = "union",
+    desc: str = "inference",
+) -> tuple[list[dict], list[dict]]:
+    """Detections for every image of `dataset` as (targets, outputs) lists, boxes in original pixels, on the CPU.
+
+    `scales`/`flip` turn on multi-scale / flipped testing (see detkit.modeling.test_time)."""
     was_training = model.training
     model.eval()
     loader = build_test_loader(dataset, batch_size=batch_size)
@@ -40,7 +53,7 @@ def run_inference(model, dataset, *, batch_size: int = 1, desc: str = "inference
     for images, targets in tqdm(loader, desc=desc, dynamic_ncols=True, disable=None):
         if not images:
             continue
-        outputs = model(images)
+        outputs = detect(model, images, scales=scales, flip=flip, mode=multiscale_mode)
         all_targets.extend(targets)
         all_outputs.extend({k: v.cpu() for k, v in out.items()} for out in outputs)
     elapsed = time.perf_counter() - start
@@ -50,7 +63,7 @@ def run_inference(model, dataset, *, batch_size: int = 1, desc: str = "inference
     return all_targets, all_outputs
 
 
-def evaluate_datasets(cfg, model, datasets: list, *, output_dir: Path | None) -> dict:
+def evaluate_datasets(cfg, model, datasets: list, *, output_dir: Path | None, provenance: dict | None = None) -> dict:
     """Run and evaluate each test dataset. With `output_dir`, writes detections.json and metrics.json there.
 
     Returns the first dataset's metrics; with several datasets each one's metrics are also under
@@ -58,13 +71,20 @@ def evaluate_datasets(cfg, model, datasets: list, *, output_dir: Path | None) ->
     """
     all_metrics = {}
     for i, dataset in enumerate(datasets):
-        targets, outputs = run_inference(model, dataset, batch_size=cfg.test.ims_per_batch, desc=f"test[{i}]")
+        targets, outputs = run_inference(
+            model,
+            dataset,
+            batch_size=cfg.test.ims_per_batch,
+            scales=cfg.test.scales,
+            flip=cfg.test.flip,
+            multiscale_mode=cfg.test.multiscale_mode,
+            desc=f"test[{i}]",
+        )
         evaluator = build_evaluator(dataset)
         suffix = "" if i == 0 else f"_{i}"
         if evaluator is None:
             results = [r for t, o in zip(targets, outputs) for r in to_coco_results(t["image_id"], o, dataset.category_ids)]
             metrics = {}
-            logger.info(f"test[{i}] has no ground truth: detections written, not evaluated")
         else:
             evaluator.reset()
             evaluator.process(targets, outputs)
@@ -72,8 +92,16 @@ def evaluate_datasets(cfg, model, datasets: list, *, output_dir: Path | None) ->
             metrics = evaluator.evaluate()
         if output_dir is not None:
             save_results(output_dir / f"detections{suffix}.json", results)
+            write_sidecar(output_dir / f"detections{suffix}.json", dataset=dict(cfg.data.test[i]), **(provenance or {}))
             if metrics:
                 write_json(output_dir / f"metrics{suffix}.json", metrics)
+        if evaluator is None:
+            where = output_dir / f"detections{suffix}.json" if output_dir is not None else "nowhere (no output folder)"
+            logger.info(
+                f"test[{i}] has no annotations (an image-info json such as test-dev): {len(results)} detections on "
+                f"{len(outputs)} images written to {where}, not evaluated; for the COCO server run "
+                "tools/make_submission.py (docs/leaderboard.md)"
+            )
         all_metrics[f"{i}:{cfg.data.test[i].get('format', '?')}"] = metrics
     first = next(iter(all_metrics.values()), {})
     if len(all_metrics) > 1:
@@ -88,7 +116,7 @@ def write_json(path: Path, data) -> None:
     tmp.replace(path)
 
 
-def test(cfg, *, weights: str | Path, output_dir: Path) -> dict:
+def test(cfg, *, weights: str | Path, output_dir: Path, config_path: str | None = None) -> dict:
     """tools/test_net.py: load `weights`, run over every `data.test` set, write files into `output_dir`."""
     if not cfg.data.test:
         raise UserError("data.test is empty: name at least one test dataset in the config")
@@ -100,4 +128,5 @@ def test(cfg, *, weights: str | Path, output_dir: Path) -> dict:
     model = build_model(cfg)
     load_model_weights(model, state, weights)
     output_dir.mkdir(parents=True, exist_ok=True)
-    return evaluate_datasets(cfg, model, datasets, output_dir=output_dir)
+    provenance = {"config": config_path, "weights": str(weights)}
+    return evaluate_datasets(cfg, model, datasets, output_dir=output_dir, provenance=provenance)

@@ -13,10 +13,10 @@ import copy
 import math
 
 from pycocotools.coco import COCO
-from pycocotools.cocoeval import COCOeval
 
 from detkit.errors import UserError
 from detkit.evaluation.results import to_coco_results
+from detkit.evaluation.submission import make_cocoeval
 
 SUMMARY_KEYS = ("AP", "AP50", "AP75", "APs", "APm", "APl")  # the first six numbers of COCOeval.stats
 
@@ -72,6 +72,7 @@ def evaluate_results(
     class_names: list[str],
     category_ids: list[int],
     img_ids: list[int] | None = None,
+    backend: str = "pycocotools",
 ) -> dict:
     """Score COCO result dicts against `coco_gt` with pycocotools' COCOeval (bbox).
 
@@ -80,6 +81,7 @@ def evaluate_results(
         results: `{image_id, category_id, bbox [x, y, w, h], score}` dicts (not modified).
         class_names, category_ids: per class index, the name and the dataset's category id.
         img_ids: evaluate exactly these images; None: every image of `coco_gt`.
+        backend: "pycocotools" (the reference) or "faster_coco_eval" (the same numbers, in C++).
 
     Returns:
         {"AP", "AP50", "AP75", "APs", "APm", "APl": percent or None, "per_class": {name: AP or None}}.
@@ -109,7 +111,7 @@ def evaluate_results(
     else:
         print("No detections: every AP is 0 where ground truth exists.")
         coco_dt = _empty_results(coco_gt)
-    coco_eval = COCOeval(coco_gt, coco_dt, iouType="bbox")
+    coco_eval = make_cocoeval(coco_gt, coco_dt, backend=backend)
     coco_eval.params.imgIds = img_ids
     coco_eval.params.catIds = list(category_ids)
     coco_eval.evaluate()

@@ -44,18 +44,28 @@ class ImagePreprocessor(nn.Module):
         self.size_divisibility = size_divisibility
 
     def forward(
-        self, images: list[Tensor], targets: list[dict] | None = None
+        self,
+        images: list[Tensor],
+        targets: list[dict] | None = None,
+        *,
+        min_size: int | None = None,
+        max_size: int | None = None,
     ) -> tuple[Tensor, list[tuple[int, int]], list[dict] | None]:
-        """Returns the padded batch (N, 3, Hp, Wp), each image's (h, w) inside it, and targets on the device."""
+        """Returns the padded batch (N, 3, Hp, Wp), each image's (h, w) inside it, and targets on the device.
+
+        `min_size`/`max_size` replace the test sizes for this call (multi-scale testing).
+        """
+        min_size = self.min_size_test if min_size is None else min_size
+        max_size = self.max_size_test if max_size is None else max_size
         device = self.pixel_mean.device
         processed, sizes = [], []
         for i, image in enumerate(images):
             if image.dim() != 3 or image.shape[0] != 3:
                 raise ValueError(f"image {i} must be a (3, H, W) RGB tensor, got shape {tuple(image.shape)}")
             x = (image.to(device=device, dtype=torch.float32) - self.pixel_mean) / self.pixel_std
-            if not self.training and self.min_size_test > 0:
+            if not self.training and min_size > 0:
                 h, w = x.shape[-2:]
-                new_h, new_w = resize_shortest_edge_size(h, w, self.min_size_test, self.max_size_test)
+                new_h, new_w = resize_shortest_edge_size(h, w, min_size, max_size)
                 if (new_h, new_w) != (h, w):
                     # (3, H, W) -> (1, 3, H, W) -> resize -> (3, h', w')
                     x = F.interpolate(x[None], size=(new_h, new_w), mode="bilinear", align_corners=False)[0]
@@ -108,11 +118,19 @@ class FasterRCNN(nn.Module):
         """images: list of (3, H, W) RGB 0..255. targets (training): {boxes (G, 4) xyxy, labels (G,)} each."""
         if self.training and targets is None:
             raise ValueError("FasterRCNN needs targets in training mode")
-        original_sizes = [(im.shape[-2], im.shape[-1]) for im in images]
+        if not self.training:
+            return self.inference(images)
         batch, sizes, targets = self.preprocessor(images, targets)
         feature = self.backbone(batch)
         proposals, rpn_losses = self.rpn(feature, sizes, targets)
-        detections, head_losses = self.roi_heads(feature, proposals, sizes, targets)
-        if self.training:
-            return {**rpn_losses, **head_losses}
+        _, head_losses = self.roi_heads(feature, proposals, sizes, targets)
+        return {**rpn_losses, **head_losses}
+
+    def inference(self, images: list[Tensor], *, min_size: int | None = None, max_size: int | None = None) -> list[dict]:
+        """Detections in each input image's pixels; `min_size`/`max_size` override the test scale."""
+        original_sizes = [(im.shape[-2], im.shape[-1]) for im in images]
+        batch, sizes, _ = self.preprocessor(images, min_size=min_size, max_size=max_size)
+        feature = self.backbone(batch)
+        proposals, _ = self.rpn(feature, sizes)
+        detections, _ = self.roi_heads(feature, proposals, sizes)
         return self.preprocessor.postprocess(detections, sizes, original_sizes)

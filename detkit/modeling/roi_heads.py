@@ -244,7 +244,13 @@ class RoIHeads(nn.Module):
         self, feature: Tensor, boxes: list[Tensor], image_sizes: list[tuple[int, int]]
     ) -> tuple[list[Tensor], list[Tensor]]:
         """Per image: class probabilities (R_i, K+1) and class-specific boxes (R_i, K, 4), clipped."""
-        logits, deltas = self.predictor(self.box_features(feature, boxes, image_sizes))
+        return self.classify(self.box_features(feature, boxes, image_sizes), boxes, image_sizes)
+
+    def classify(
+        self, features: Tensor, boxes: list[Tensor], image_sizes: list[tuple[int, int]]
+    ) -> tuple[list[Tensor], list[Tensor]]:
+        """Per-region features (R, D) of `boxes` -> per image probabilities (R_i, K+1) and clipped boxes (R_i, K, 4)."""
+        logits, deltas = self.predictor(features)
         probs = F.softmax(logits.float(), dim=-1)
         decoded = self.box_coder.decode(deltas.float(), torch.cat(boxes).float())
         counts = [len(b) for b in boxes]
