@@ -116,8 +116,8 @@ def write_json(path: Path, data) -> None:
     tmp.replace(path)
 
 
-def test(cfg, *, weights: str | Path, output_dir: Path, config_path: str | None = None) -> dict:
-    """tools/test_net.py: load `weights`, run over every `data.test` set, write files into `output_dir`."""
+def load_for_testing(cfg, *, weights: str | Path) -> tuple:
+    """The model with `weights` loaded, and one dataset per `data.test` entry."""
     if not cfg.data.test:
         raise UserError("data.test is empty: name at least one test dataset in the config")
     datasets = [build_datasets([spec], cfg=cfg, is_train=False) for spec in cfg.data.test]
@@ -127,6 +127,12 @@ def test(cfg, *, weights: str | Path, output_dir: Path, config_path: str | None 
         cfg.model.num_classes = len(names)
     model = build_model(cfg)
     load_model_weights(model, state, weights)
+    return model, datasets
+
+
+def test(cfg, *, weights: str | Path, output_dir: Path, config_path: str | None = None) -> dict:
+    """tools/test_net.py: load `weights`, run over every `data.test` set, write files into `output_dir`."""
+    model, datasets = load_for_testing(cfg, weights=weights)
     output_dir.mkdir(parents=True, exist_ok=True)
     provenance = {"config": config_path, "weights": str(weights)}
     return evaluate_datasets(cfg, model, datasets, output_dir=output_dir, provenance=provenance)
