@@ -100,7 +100,7 @@ def evaluate_datasets(cfg, model, datasets: list, *, output_dir: Path | None, pr
             logger.info(
                 f"test[{i}] has no annotations (an image-info json such as test-dev): {len(results)} detections on "
                 f"{len(outputs)} images written to {where}, not evaluated; for the COCO server run "
-                "tools/make_submission.py (docs/leaderboard.md)"
+                "tools/make_submission.py (README: COCO leaderboard)"
             )
         all_metrics[f"{i}:{cfg.data.test[i].get('format', '?')}"] = metrics
     first = next(iter(all_metrics.values()), {})
