@@ -135,7 +135,14 @@ def test_cli_train_then_test_net(tiny_config, tmp_path):
     r = run_tool("tools/test_net.py", "--config", tiny_config, "--weights", out / "model_final.pth", "--output-dir", tmp_path / "t")
     assert r.returncode == 0, r.stderr[-2000:]
     assert "Average Precision" in r.stdout
-    assert json.loads((tmp_path / "t" / "metrics.json").read_text()).keys() >= {"AP", "AP50"}
+    metrics = json.loads((tmp_path / "t" / "metrics.json").read_text())
+    assert metrics.keys() >= {"AP", "AP50"}
+    # evaluate.py reproduces test_net's metrics from the saved detections alone
+    (tmp_path / "t" / "metrics.json").unlink()
+    r = run_tool("tools/evaluate.py", "--config", tiny_config, "--results", tmp_path / "t" / "detections.json")
+    assert r.returncode == 0, r.stderr[-2000:]
+    again = json.loads((tmp_path / "t" / "metrics.json").read_text())
+    assert {k: again[k] for k in metrics} == metrics
 
 
 @pytest.mark.parametrize(

@@ -89,3 +89,12 @@ def test_box_voting_weighted_mean():
     out = box_voting(kept, torch.tensor([0]), pool, scores, labels, iou_thresh=0.8)
     expected_x1 = (0.9 * 10 + 0.3 * 11) / 1.2
     assert torch.allclose(out, torch.tensor([[0.0, 0.0, expected_x1, 10.0]]))
+
+
+def test_no_proposals_gives_no_detections():
+    heads = make_heads(box_refinement=False).eval()
+    dets, _ = heads(torch.randn(2, 8, 4, 4), [torch.zeros(0, 4), torch.zeros(0, 4)], SIZES)
+    assert [len(d["boxes"]) for d in dets] == [0, 0]
+    heads.box_refinement = True
+    dets, _ = heads(torch.randn(2, 8, 4, 4), [torch.zeros(0, 4), torch.zeros(0, 4)], SIZES)
+    assert [len(d["boxes"]) for d in dets] == [0, 0]

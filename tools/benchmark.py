@@ -4,6 +4,7 @@ python tools/benchmark.py --config configs/coco_r101.yaml [--size 800] [--runs 3
 """
 
 import json
+import tempfile
 from pathlib import Path
 
 import torch
@@ -11,7 +12,7 @@ import torch
 from detkit.config import load_config
 from detkit.data.build import build_datasets
 from detkit.data.loader import build_train_loader
-from detkit.engine.benchmark import time_inference, time_torchvision_trunk, time_training
+from detkit.engine.benchmark import calibrated_resnet_weights, time_inference, time_torchvision_trunk, time_training
 from detkit.engine.setup import ArgumentParser, seed_everything, user_errors_exit
 from detkit.modeling.build import build_model
 
@@ -31,18 +32,24 @@ def main() -> None:
 
     overrides = list(args.overrides)
     if args.quick:
-        overrides = ["model.backbone.weights=null", *overrides]
         args.runs, args.warmup = 1, 0
     cfg = load_config(args.config, overrides)
-    if cfg.model.backbone.weights == "imagenet":
-        cfg.model.backbone.weights = None  # weights do not change the time; don't require the download
+    if cfg.model.backbone.weights in ("imagenet", None):
+        # the time depends on the number of proposals, which needs features of a sane scale, not on
+        # the values of the weights: use random weights with calibrated BN statistics (no download)
+        weights_file = Path(tempfile.mkdtemp()) / f"resnet{cfg.model.backbone.depth}_calibrated.pth"
+        calibrated_resnet_weights(cfg.model.backbone.depth, weights_file)
+        cfg.model.backbone.weights = str(weights_file)
     seed_everything(cfg.seed)
     size = args.size or cfg.input.min_size_test
     cfg.input.min_size_test = size
     model = build_model(cfg, num_classes=cfg.model.num_classes or 80)
     # a 4:3 image whose short side is `size`
     image = torch.randint(0, 256, (3, size, size * 4 // 3), dtype=torch.uint8)
-    print(f"threads: {torch.get_num_threads()}, device: {model.device}, image {tuple(image.shape)}")
+    with torch.inference_mode():
+        num_proposals = len(model.eval().rpn(model.backbone(model.preprocessor([image])[0]), [tuple(image.shape[-2:])])[0][0])
+    print(f"threads: {torch.get_num_threads()}, device: {model.device}, image {tuple(image.shape)}, "
+          f"{num_proposals} proposals")
 
     results = {"config": args.config, "size": size, "threads": torch.get_num_threads(), "device": str(model.device)}
     results["inference"] = time_inference(model, image, warmup=args.warmup, runs=args.runs)

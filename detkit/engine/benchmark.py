@@ -13,6 +13,22 @@ import torchvision
 from detkit.modeling.detector import FasterRCNN
 
 
+@torch.no_grad()
+def calibrated_resnet_weights(depth: int, path) -> None:
+    """Save a torchvision-format ResNet state_dict with random weights whose BN statistics are measured
+    on random images, so a benchmark without downloaded weights sees activations of a realistic scale
+    (uncalibrated deep random ResNets produce huge features, and then an RPN keeps no proposal)."""
+    torch.manual_seed(0)
+    net = getattr(torchvision.models, f"resnet{depth}")()
+    for module in net.modules():
+        if isinstance(module, torch.nn.BatchNorm2d):
+            module.momentum = None  # cumulative average over the calibration batches
+    net.train()
+    for _ in range(2):
+        net(torch.randn(4, 3, 224, 224))
+    torch.save(net.state_dict(), path)
+
+
 def _summary(times: list[float]) -> dict:
     return {"median_ms": 1000 * statistics.median(times), "min_ms": 1000 * min(times), "max_ms": 1000 * max(times)}
 

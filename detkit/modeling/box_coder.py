@@ -43,7 +43,7 @@ class BoxCoder:
         reference = reference.to(deltas.dtype)
         r = xyxy_to_cxcywh(reference)
         # (R, 4k) -> (R, k, 4)
-        d = deltas.reshape(deltas.shape[0], -1, 4)
+        d = deltas.view(deltas.shape[0], deltas.shape[1] // 4, 4)
         dx = d[..., 0] / wx
         dy = d[..., 1] / wy
         dw = (d[..., 2] / ww).clamp(max=_MAX_LOG_SCALE)

@@ -257,7 +257,7 @@ class RoIHeads(nn.Module):
         out_boxes = []
         for b, (h, w) in zip(decoded.split(counts), image_sizes):
             # (R_i, 4K) -> (R_i * K, 4) -> clip -> (R_i, K, 4)
-            out_boxes.append(clip_boxes(b.reshape(-1, 4), h, w).view(len(b), -1, 4))
+            out_boxes.append(clip_boxes(b.reshape(-1, 4), h, w).view(len(b), self.num_classes, 4))
         return list(probs.split(counts)), out_boxes
 
     def predict_refined(
