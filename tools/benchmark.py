@@ -34,12 +34,16 @@ def main() -> None:
     if args.quick:
         args.runs, args.warmup = 1, 0
     cfg = load_config(args.config, overrides)
-    if cfg.model.backbone.weights in ("imagenet", None):
+    b = cfg.model.backbone
+    standard = b.width == 64 and not b.preact and b.norm != "gn"  # the shapes torchvision's ResNets have
+    if b.weights in ("imagenet", None) and standard:
         # the time depends on the number of proposals, which needs features of a sane scale, not on
         # the values of the weights: use random weights with calibrated BN statistics (no download)
         weights_file = Path(tempfile.mkdtemp()) / f"resnet{cfg.model.backbone.depth}_calibrated.pth"
         calibrated_resnet_weights(cfg.model.backbone.depth, weights_file)
         cfg.model.backbone.weights = str(weights_file)
+    elif b.weights == "imagenet":
+        b.weights = None
     seed_everything(cfg.seed)
     size = args.size or cfg.input.min_size_test
     cfg.input.min_size_test = size
