@@ -1,0 +1,198 @@
+"""demo/video.py and demo/image.py end to end, as a user runs them (subprocess, tiny random-weight model, CPU)."""
+
+import json
+import math
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+import torch
+import yaml
+
+from detkit import build_model, load_config
+
+REPO = Path(__file__).resolve().parents[1]
+NAMES = ["circle", "square", "triangle"]
+TINY = {
+    "model": {
+        "num_classes": 3,
+        "device": "cpu",
+        "backbone": {"depth": 18, "weights": None, "norm": "bn", "freeze_at": 0, "width": 32},
+        "rpn": {"anchor_sizes": [16, 32], "pre_nms_topk_test": 100, "post_nms_topk_test": 20},
+        "roi_heads": {"head": "fc", "pooler_resolution": 4, "fc_dim": 32},
+    },
+    "input": {"min_size_test": 64, "max_size_test": 100},
+}
+FPS = 7
+
+
+@pytest.fixture(scope="module")
+def model_files(tmp_path_factory) -> tuple[Path, Path]:
+    """A tiny config file and a random-weight checkpoint naming its classes, as training would store it."""
+    root = tmp_path_factory.mktemp("model")
+    config = root / "tiny.yaml"
+    config.write_text(yaml.safe_dump(TINY))
+    torch.manual_seed(0)
+    weights = root / "tiny.pth"
+    torch.save({"model": build_model(load_config(config)).state_dict(), "class_names": NAMES}, weights)
+    return config, weights
+
+
+def write_video(path: Path, width: int, height: int, frames: int = 12) -> Path:
+    """Noise frames; .avi through OpenCV's own MJPEG writer (keeps odd sizes), others through FFmpeg (mp4v)."""
+    if path.suffix == ".avi":
+        writer = cv2.VideoWriter(str(path), cv2.CAP_OPENCV_MJPEG, cv2.VideoWriter_fourcc(*"MJPG"), FPS, (width, height))
+    else:
+        writer = cv2.VideoWriter(str(path), cv2.CAP_FFMPEG, cv2.VideoWriter_fourcc(*"mp4v"), FPS, (width, height))
+    assert writer.isOpened()
+    rng = np.random.default_rng(0)
+    for i in range(frames):
+        frame = rng.integers(0, 256, (height, width, 3), dtype=np.uint8)
+        cv2.rectangle(frame, (10 + i, 10), (40 + i, 40), (255, 255, 255), -1)
+        writer.write(frame)
+    writer.release()
+    return path
+
+
+def read_video(path: Path) -> tuple[int, float, tuple[int, int]]:
+    """(decoded frame count, fps, (width, height)) as a player sees them."""
+    cap = cv2.VideoCapture(str(path), cv2.CAP_FFMPEG)
+    assert cap.isOpened(), path
+    count, size = 0, None
+    while True:
+        ok, frame = cap.read()
+        if not ok:
+            break
+        count += 1
+        size = (frame.shape[1], frame.shape[0])
+    fps = cap.get(cv2.CAP_PROP_FPS)
+    cap.release()
+    return count, fps, size
+
+
+def demo(script: str, *args, cwd: Path = REPO, **kwargs) -> subprocess.CompletedProcess:
+    cmd = [sys.executable, str(REPO / "demo" / script), *map(str, args)]
+    return subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, timeout=300, **kwargs)
+
+
+def stderr_lines(result) -> list[str]:
+    return [line for line in result.stderr.splitlines() if line.strip()]
+
+
+@pytest.mark.parametrize("name,size", [("odd.avi", (97, 61)), ("even.mp4", (96, 64))])
+def test_video_keeps_frame_count_size_and_fps(tmp_path, model_files, name, size):
+    config, weights = model_files
+    video = write_video(tmp_path / name, *size)
+    assert read_video(video) == (12, FPS, size)  # the input really has this size
+    result = demo("video.py", video, "--config", config, "--weights", weights, "--json", tmp_path / "out.jsonl",
+                  "--score-threshold", "0.3", "model.rpn.post_nms_topk_test=10")
+    assert result.returncode == 0, result.stderr
+    # default output beside the input: .mp4, or .avi for an odd frame size (see docs/demo.md)
+    output = tmp_path / ("odd_detkit.avi" if name == "odd.avi" else "even_detkit.mp4")
+    assert read_video(output) == (12, FPS, size)
+    lines = (tmp_path / "out.jsonl").read_text().splitlines()
+    records = [json.loads(line) for line in lines]
+    assert [r["frame"] for r in records] == list(range(12))
+    for r in records:
+        assert math.isclose(r["time"], r["frame"] / FPS, abs_tol=1e-5)
+        assert "error" not in r
+        for d in r["detections"]:
+            assert set(d) == {"box", "score", "label", "name"}
+            assert len(d["box"]) == 4 and d["score"] >= 0.3 and d["name"] == NAMES[d["label"]]
+    assert "12 frames" in result.stderr and "ms/frame" in result.stderr
+
+
+def test_video_decode_failure_keeps_the_timeline(tmp_path, model_files):
+    config, weights = model_files
+    video = write_video(tmp_path / "in.avi", 64, 48, frames=8)
+    data = bytearray(video.read_bytes())
+    starts = [i for i in range(len(data) - 2) if data[i : i + 3] == b"\xff\xd8\xff"]  # one JPEG per frame
+    assert len(starts) == 8
+    end = starts[6] - 16  # stop short of frame 6's AVI chunk header
+    data[starts[5] + 2 : end] = bytes(end - starts[5] - 2)  # frame 5: a JPEG start marker, then nothing
+    bad = tmp_path / "bad.avi"
+    bad.write_bytes(data)
+    result = demo("video.py", bad, "--config", config, "--weights", weights, "--output", tmp_path / "out.avi",
+                  "--json", tmp_path / "out.jsonl")
+    assert result.returncode == 0, result.stderr
+    assert read_video(tmp_path / "out.avi")[0] == 8
+    records = [json.loads(line) for line in (tmp_path / "out.jsonl").read_text().splitlines()]
+    assert [r["frame"] for r in records] == list(range(8))
+    assert [r.get("error") for r in records] == [None] * 5 + ["decode failed"] + [None] * 2
+    assert result.stderr.count("failed to decode;") == 1 and "frame 5 failed" in result.stderr
+
+
+def test_video_user_errors_exit_2_with_one_line(tmp_path, model_files):
+    config, weights = model_files
+    video = write_video(tmp_path / "in.mp4", 64, 48, frames=2)
+    odd = write_video(tmp_path / "odd.avi", 65, 49, frames=2)
+    (tmp_path / "a_file").write_text("")
+    fourcc = cv2.VideoWriter_fourcc(*"MJPG")
+    empty = cv2.VideoWriter(str(tmp_path / "empty.avi"), cv2.CAP_OPENCV_MJPEG, fourcc, FPS, (64, 48))
+    empty.release()
+    cases = {
+        "input video not found": [tmp_path / "missing.mp4"],
+        "is a file, not a folder": [video, "--output", tmp_path / "a_file" / "out.mp4"],
+        "has no frames": [tmp_path / "empty.avi"],
+        "write an .avi instead": [odd, "--output", tmp_path / "odd.mp4"],  # FFmpeg would crop an odd size
+        "train first": [video],  # no --weights and no output/tiny/model_final.pth under cwd
+    }
+    for expected, args in cases.items():
+        extra = [] if expected == "train first" else ["--weights", weights]
+        result = demo("video.py", *args, "--config", config, *extra, cwd=tmp_path)
+        assert result.returncode == 2, (expected, result.stderr)
+        lines = stderr_lines(result)
+        assert len(lines) == 1 and lines[0].startswith("error: ") and expected in lines[0], (expected, lines)
+    assert not (tmp_path / "in_detkit.mp4").exists()
+
+
+def test_video_interrupt_leaves_a_playable_file(tmp_path, model_files):
+    config, weights = model_files
+    video = write_video(tmp_path / "long.mp4", 64, 48, frames=300)
+    jsonl, output = tmp_path / "out.jsonl", tmp_path / "out.mp4"
+    cmd = [sys.executable, str(REPO / "demo" / "video.py"), str(video), "--config", str(config),
+           "--weights", str(weights), "--output", str(output), "--json", str(jsonl)]
+    proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 120
+        while not (jsonl.exists() and jsonl.read_text().count("\n") >= 2):
+            assert proc.poll() is None and time.monotonic() < deadline, "demo ended before it could be interrupted"
+            time.sleep(0.1)
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 130, err
+    assert "interrupted" in err
+    lines = jsonl.read_text().splitlines()
+    count, fps, size = read_video(output)
+    assert 2 <= len(lines) <= count <= len(lines) + 1 < 300  # SIGINT may land between the frame and its JSON line
+    assert (fps, size) == (FPS, (64, 48))
+    assert all(json.loads(line)["frame"] == i for i, line in enumerate(lines))
+
+
+def test_image_demo_on_a_folder(tmp_path, model_files):
+    config, weights = model_files
+    folder = tmp_path / "images"
+    folder.mkdir()
+    rng = np.random.default_rng(0)
+    cv2.imwrite(str(folder / "a.png"), rng.integers(0, 256, (61, 97, 3), dtype=np.uint8))
+    cv2.imwrite(str(folder / "b.jpg"), rng.integers(0, 256, (80, 120, 3), dtype=np.uint8))
+    (folder / "notes.txt").write_text("not an image")
+    result = demo("image.py", folder, "--config", config, "--weights", weights, "--json", tmp_path / "out.jsonl",
+                  "--score-threshold", "0.3")
+    assert result.returncode == 0, result.stderr
+    out_dir = tmp_path / "images_detkit"
+    assert sorted(p.name for p in out_dir.iterdir()) == ["a.png", "b.jpg"]
+    assert cv2.imread(str(out_dir / "a.png")).shape == (61, 97, 3)
+    assert cv2.imread(str(out_dir / "b.jpg")).shape == (80, 120, 3)
+    records = [json.loads(line) for line in (tmp_path / "out.jsonl").read_text().splitlines()]
+    seen = [(Path(r["image"]).name, r["width"], r["height"]) for r in records]
+    assert seen == [("a.png", 97, 61), ("b.jpg", 120, 80)]
+    assert all(d["score"] >= 0.3 for r in records for d in r["detections"])
