@@ -19,6 +19,7 @@ DEFAULTS: dict[str, Any] = {
     "model": {
         "num_classes": None,  # foreground classes; null: taken from the first training dataset
         "device": "auto",  # cpu | cuda | auto (cuda when available)
+        "channels_last": False,  # NHWC memory format for the convolutions (often faster on GPUs with AMP)
         "weights": "",  # detkit checkpoint to start the whole detector from (fine-tuning); layers of another shape stay new
         "pixel_mean": [0.485, 0.456, 0.406],  # RGB mean of 0-1 images, the convention of torchvision's weights
         "pixel_std": [0.229, 0.224, 0.225],  # RGB std of 0-1 images, same convention
@@ -99,7 +100,8 @@ DEFAULTS: dict[str, Any] = {
         "warmup_factor": 0.001,  # LR multiplier at iteration 0 of the warmup
         "clip_grad_norm": 0.0,  # clip the global gradient norm to this; 0: off
         "checkpoint_period": 5000,  # save model_XXXXXXX.pth every this many iterations
-        "amp": False,  # mixed precision on CUDA
+        "amp": False,  # mixed precision on CUDA (bf16 where supported, else fp16 with a grad scaler); ignored on CPU
+        "cudnn_benchmark": False,  # let cuDNN pick the fastest kernels per input shape (best with fixed sizes)
         "log_period": 20,  # iterations between log lines
         "tensorboard": False,  # write TensorBoard scalars to the output folder
     },

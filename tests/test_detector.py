@@ -116,3 +116,11 @@ def test_padding_batches_different_sizes():
     images, _ = batch()
     batch_t, sizes, _ = model.preprocessor(images)
     assert batch_t.shape == (2, 3, 64, 80) and sizes == [(64, 80), (48, 64)]
+
+
+def test_channels_last_gives_the_same_detections():
+    image = torch.randint(0, 256, (3, 64, 96), dtype=torch.uint8)
+    with torch.no_grad():
+        a = tiny_model().eval()([image])[0]
+        b = tiny_model(["model.channels_last=true"]).eval()([image])[0]
+    assert torch.allclose(a["boxes"], b["boxes"], atol=1e-3) and torch.allclose(a["scores"], b["scores"], atol=1e-4)

@@ -11,6 +11,7 @@ from tqdm import tqdm
 from detkit.data.build import build_datasets
 from detkit.data.loader import build_test_loader
 from detkit.engine.checkpoint import load_checkpoint, load_model_weights
+from detkit.engine.distributed import all_gather, is_main_process, rank, world_size
 from detkit.errors import UserError
 from detkit.evaluation.coco import COCOEvaluator
 from detkit.evaluation.results import save_results, to_coco_results
@@ -44,13 +45,14 @@ def run_inference(
 ) -> tuple[list[dict], list[dict]]:
     """Detections for every image of `dataset` as (targets, outputs) lists, boxes in original pixels, on the CPU.
 
-    `scales`/`flip` turn on multi-scale / flipped testing (see detkit.modeling.test_time)."""
+    `scales`/`flip` turn on multi-scale / flipped testing (see detkit.modeling.test_time). Under torchrun each
+    process runs its share of the images and every process gets all of them back (in rank order)."""
     was_training = model.training
     model.eval()
-    loader = build_test_loader(dataset, batch_size=batch_size)
+    loader = build_test_loader(dataset, batch_size=batch_size, rank=rank(), world_size=world_size())
     all_targets, all_outputs = [], []
     start = time.perf_counter()
-    for images, targets in tqdm(loader, desc=desc, dynamic_ncols=True, disable=None):
+    for images, targets in tqdm(loader, desc=desc, dynamic_ncols=True, disable=None if is_main_process() else True):
         if not images:
             continue
         outputs = detect(model, images, scales=scales, flip=flip, mode=multiscale_mode)
@@ -60,6 +62,10 @@ def run_inference(
     if all_outputs:
         logger.info(f"{desc}: {len(all_outputs)} images in {elapsed:.1f}s ({elapsed / len(all_outputs):.3f} s/image)")
     model.train(was_training)
+    if world_size() > 1:
+        gathered = all_gather((all_targets, all_outputs))
+        all_targets = [t for part, _ in gathered for t in part]
+        all_outputs = [o for _, part in gathered for o in part]
     return all_targets, all_outputs
 
 
@@ -68,6 +74,8 @@ def evaluate_datasets(cfg, model, datasets: list, *, output_dir: Path | None, pr
 
     Returns the first dataset's metrics; with several datasets each one's metrics are also under
     `datasets` (keyed by position and format) and their files get a `_<i>` suffix after the first.
+    Under torchrun all processes run inference on their share; the main process evaluates and writes
+    (the others return {}).
     """
     all_metrics = {}
     for i, dataset in enumerate(datasets):
@@ -80,6 +88,8 @@ def evaluate_datasets(cfg, model, datasets: list, *, output_dir: Path | None, pr
             multiscale_mode=cfg.test.multiscale_mode,
             desc=f"test[{i}]",
         )
+        if not is_main_process():
+            continue
         evaluator = build_evaluator(dataset)
         suffix = "" if i == 0 else f"_{i}"
         if evaluator is None:

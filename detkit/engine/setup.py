@@ -29,16 +29,18 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def setup_logging(output_dir: Path | None = None, filename: str = "log.txt") -> None:
-    """Log INFO to stderr and, with an output folder, append to `output_dir/filename`."""
+def setup_logging(output_dir: Path | None = None, filename: str = "log.txt", console: bool = True) -> None:
+    """Log INFO to stderr (warnings only with `console=False`) and, with an output folder, append to
+    `output_dir/filename`."""
     logger.setLevel(logging.INFO)
     logger.propagate = False
     for handler in list(logger.handlers):
         logger.removeHandler(handler)
         handler.close()
-    console = logging.StreamHandler(sys.stderr)
-    console.setFormatter(logging.Formatter("[%(asctime)s] %(message)s", "%H:%M:%S"))
-    logger.addHandler(console)
+    stream = logging.StreamHandler(sys.stderr)
+    stream.setFormatter(logging.Formatter("[%(asctime)s] %(message)s", "%H:%M:%S"))
+    stream.setLevel(logging.INFO if console else logging.WARNING)
+    logger.addHandler(stream)
     if output_dir is not None:
         output_dir.mkdir(parents=True, exist_ok=True)
         file_handler = logging.FileHandler(output_dir / filename)

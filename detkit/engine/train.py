@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 
 import torch
+from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
 from detkit.data.build import build_datasets
@@ -24,6 +25,7 @@ from detkit.engine.checkpoint import (
     save_checkpoint,
     set_rng_state,
 )
+from detkit.engine.distributed import all_gather, barrier, init_distributed, is_main_process, rank, world_size
 from detkit.engine.inference import evaluate_datasets
 from detkit.engine.setup import seed_everything, setup_logging
 from detkit.errors import UserError
@@ -56,10 +58,13 @@ def format_eta(seconds: float) -> str:
 def train(cfg, *, output_dir: Path, resume: bool = False) -> dict:
     """Train the detector described by `cfg`, writing everything into `output_dir`. Returns the final metrics."""
     s = cfg.solver
-    setup_logging(output_dir)
+    cfg.model.device = init_distributed(cfg.model.device)
+    main = is_main_process()
+    setup_logging(output_dir, filename="log.txt" if main else f"log_rank{rank()}.txt", console=main)
     if not cfg.data.train:
         raise UserError("data.train is empty: name at least one training dataset in the config")
-    seed_everything(cfg.seed)
+    # each process its own augmentation and sampling randomness; the data order comes from the sampler
+    seed_everything(cfg.seed + rank())
     train_set = build_datasets(cfg.data.train, cfg=cfg, is_train=True)
     num_classes = cfg.model.num_classes or len(train_set.class_names)
     if num_classes != len(train_set.class_names):
@@ -68,7 +73,8 @@ def train(cfg, *, output_dir: Path, resume: bool = False) -> dict:
         )
     cfg.model.num_classes = num_classes
     output_dir.mkdir(parents=True, exist_ok=True)
-    (output_dir / "config.yaml").write_text(cfg.dump())
+    if main:
+        (output_dir / "config.yaml").write_text(cfg.dump())
     test_sets = [build_datasets([spec], cfg=cfg, is_train=False) for spec in cfg.data.test]
 
     model = build_model(cfg)
@@ -82,12 +88,14 @@ def train(cfg, *, output_dir: Path, resume: bool = False) -> dict:
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         start_iter = int(state["iteration"])
-        set_rng_state(state["rng"])
+        per_rank = state.get("rng_per_rank", [])
+        set_rng_state(per_rank[rank()] if len(per_rank) == world_size() else state["rng"])
         logger.info(f"resumed from {last} at iteration {start_iter}")
     logger.info(
         f"model: ResNet-{cfg.model.backbone.depth} C4, {cfg.model.roi_heads.head} head, {num_classes} classes, "
         f"{sum(p.numel() for p in model.parameters()) / 1e6:.1f}M parameters; "
-        f"{len(train_set)} training images; device {model.device}"
+        f"{len(train_set)} training images; device {model.device}; {world_size()} process(es), "
+        f"{s.ims_per_batch // world_size()} images per process and iteration"
     )
     stats = getattr(train_set, "box_stats", None)
     if stats:
@@ -100,19 +108,36 @@ def train(cfg, *, output_dir: Path, resume: bool = False) -> dict:
         num_workers=cfg.dataloader.num_workers,
         aspect_ratio_grouping=cfg.dataloader.aspect_ratio_grouping,
         start_iter=start_iter,
+        rank=rank(),
+        world_size=world_size(),
     )
+    use_cuda = model.device.type == "cuda"
+    torch.backends.cudnn.benchmark = use_cuda and s.cudnn_benchmark
+    ddp_model = model
+    if world_size() > 1:
+        ddp_model = DistributedDataParallel(model, device_ids=[model.device.index] if use_cuda else None)
+    amp_dtype = None
+    if s.amp and use_cuda:
+        amp_dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    elif s.amp:
+        logger.info("solver.amp is for CUDA; training in float32 on the CPU")
+    scaler = torch.amp.GradScaler("cuda", enabled=amp_dtype == torch.float16)
     writer = None
-    if s.tensorboard:
+    if s.tensorboard and main:
         from torch.utils.tensorboard import SummaryWriter
 
         writer = SummaryWriter(str(output_dir / "tensorboard"))
 
     def save(iteration: int, name: str) -> None:
+        rng_states = all_gather(get_rng_state())  # every process takes part; the main one writes
+        if not main:
+            return
         state = {
             "model": model.state_dict(),
             "optimizer": optimizer.state_dict(),
             "iteration": iteration,
-            "rng": get_rng_state(),
+            "rng": rng_states[0],
+            "rng_per_rank": rng_states,
             "config": cfg.dump(),
             "class_names": list(train_set.class_names),
         }
@@ -129,7 +154,7 @@ def train(cfg, *, output_dir: Path, resume: bool = False) -> dict:
     )
     model.train()
     data_iter = iter(loader)
-    bar = tqdm(total=s.max_iter, initial=start_iter, desc="train", dynamic_ncols=True, disable=None)
+    bar = tqdm(total=s.max_iter, initial=start_iter, desc="train", dynamic_ncols=True, disable=None if main else True)
     started = time.perf_counter()
     window = {"data": 0.0, "step": 0.0, "n": 0}
     metrics = {}
@@ -140,21 +165,21 @@ def train(cfg, *, output_dir: Path, resume: bool = False) -> dict:
         lr = lr_at(iteration, **schedule)
         for group in optimizer.param_groups:
             group["lr"] = lr
+        if iteration == start_iter:
+            logger.info(f"rank {rank()}: first batch images {[t['image_id'] for t in targets]}")
         if not images:  # every image of the batch was unreadable (already warned)
             continue
-        losses = model(images, targets)
-        for name, value in losses.items():
-            if not torch.isfinite(value):
-                raise UserError(
-                    f"loss {name} is {value.item()} at iteration {iteration}: training diverged; "
-                    f"the last good checkpoint is kept. Lower solver.base_lr or set solver.clip_grad_norm"
-                )
+        with torch.autocast("cuda", dtype=amp_dtype, enabled=amp_dtype is not None):
+            losses = ddp_model(images, targets)
+        check_finite(losses, iteration)
         total = sum(losses.values())
         optimizer.zero_grad(set_to_none=True)
-        total.backward()
+        scaler.scale(total).backward()
         if s.clip_grad_norm > 0:
+            scaler.unscale_(optimizer)
             torch.nn.utils.clip_grad_norm_(model.parameters(), s.clip_grad_norm)
-        optimizer.step()
+        scaler.step(optimizer)
+        scaler.update()
         done = iteration + 1
         window["data"] += data_time
         window["step"] += time.perf_counter() - tic
@@ -183,6 +208,7 @@ def train(cfg, *, output_dir: Path, resume: bool = False) -> dict:
             logger.info(f"evaluation at iteration {done}: {json.dumps(summary(metrics))}")
             model.train()
     bar.close()
+    barrier()
     elapsed = time.perf_counter() - started
     logger.info(f"training finished: {s.max_iter - start_iter} iterations in {format_eta(elapsed)}")
     save(s.max_iter, "model_final.pth")
@@ -194,6 +220,20 @@ def train(cfg, *, output_dir: Path, resume: bool = False) -> dict:
             writer.add_scalar(f"eval/{k}", v, s.max_iter)
         writer.close()
     return metrics
+
+
+def check_finite(losses: dict, iteration: int) -> None:
+    """Stop on a non-finite loss, naming it. With several processes all of them stop together (a process
+    that stopped alone would leave the others waiting in the gradient all-reduce)."""
+    bad = [(name, value.item()) for name, value in losses.items() if not torch.isfinite(value)]
+    if world_size() > 1:
+        bad = [b for per_rank in all_gather(bad) for b in per_rank]
+    if bad:
+        name, value = bad[0]
+        raise UserError(
+            f"loss {name} is {value} at iteration {iteration}: training diverged; "
+            f"the last good checkpoint is kept. Lower solver.base_lr or set solver.clip_grad_norm"
+        )
 
 
 def summary(metrics: dict) -> dict:

@@ -51,6 +51,7 @@ def build_model(cfg, *, num_classes: int | None = None) -> FasterRCNN:
         min_size_test=cfg.input.min_size_test,
         max_size_test=cfg.input.max_size_test,
         size_divisibility=C4_STRIDE,
+        channels_last=cfg.model.channels_last,
     )
     model = FasterRCNN(
         preprocessor=preprocessor,
@@ -65,7 +66,10 @@ def build_model(cfg, *, num_classes: int | None = None) -> FasterRCNN:
     )
     if cfg.model.weights:
         load_matching_weights(model, cfg.model.weights)
-    return model.to(resolve_device(cfg.model.device))
+    model = model.to(resolve_device(cfg.model.device))
+    if cfg.model.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    return model
 
 
 def load_matching_weights(model: FasterRCNN, path: str) -> None:

@@ -35,8 +35,10 @@ class ImagePreprocessor(nn.Module):
         min_size_test: int,
         max_size_test: int,
         size_divisibility: int = 16,
+        channels_last: bool = False,
     ):
         super().__init__()
+        self.channels_last = channels_last
         self.register_buffer("pixel_mean", torch.tensor(pixel_mean).view(3, 1, 1) * 255.0, persistent=False)
         self.register_buffer("pixel_std", torch.tensor(pixel_std).view(3, 1, 1) * 255.0, persistent=False)
         self.min_size_test = min_size_test
@@ -86,7 +88,7 @@ class ImagePreprocessor(nn.Module):
         out = images[0].new_zeros((len(images), 3, max_h, max_w))
         for im, slot in zip(images, out):
             slot[:, : im.shape[-2], : im.shape[-1]].copy_(im)
-        return out
+        return out.contiguous(memory_format=torch.channels_last) if self.channels_last else out
 
     @staticmethod
     def postprocess(
