@@ -9,7 +9,7 @@ Writes OUT, the annotated video with the input's frame count, frame size and fps
 {"frame": i, "time": i / fps, "detections": [{"box": [x0, y0, x1, y1], "score": s, "label": k, "name": str}]}.
 A frame that fails to decode is replaced by the previous annotated frame (black before the first one) and
 its JSON line carries "error": "decode failed", so frame numbers and times keep matching the input's.
-See docs/demo.md for the codecs.
+See the README's Demo section for the codecs.
 """
 
 import itertools

@@ -92,7 +92,7 @@ def test_video_keeps_frame_count_size_and_fps(tmp_path, model_files, name, size)
     result = demo("video.py", video, "--config", config, "--weights", weights, "--json", tmp_path / "out.jsonl",
                   "--score-threshold", "0.3", "model.rpn.post_nms_topk_test=10")
     assert result.returncode == 0, result.stderr
-    # default output beside the input: .mp4, or .avi for an odd frame size (see docs/demo.md)
+    # default output beside the input: .mp4, or .avi for an odd frame size (see the README's Demo section)
     output = tmp_path / ("odd_detkit.avi" if name == "odd.avi" else "even_detkit.mp4")
     assert read_video(output) == (12, FPS, size)
     lines = (tmp_path / "out.jsonl").read_text().splitlines()
