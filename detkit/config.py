@@ -111,6 +111,7 @@ DEFAULTS: dict[str, Any] = {
         "flip": False,  # also test on the horizontally flipped image
         "multiscale_mode": "union",  # union: detector per scale, NMS over the union | maxout: the paper's
         "ims_per_batch": 1,  # images per inference batch
+        "fold_bn": False,  # fold frozen BN into the convolutions before inference (same detections, faster)
     },
 }
 

@@ -9,6 +9,7 @@ import torch
 from detkit.engine.checkpoint import load_checkpoint, load_model_weights
 from detkit.errors import UserError
 from detkit.modeling.build import build_model
+from detkit.modeling.fold_bn import fold_frozen_bn
 
 logger = logging.getLogger("detkit")
 
@@ -33,6 +34,8 @@ class Predictor:
             load_model_weights(self.model, state, weights)
         else:
             logger.warning("Predictor without weights: the detection heads are untrained")
+        if cfg.test.fold_bn:
+            fold_frozen_bn(self.model)
         self.model.eval()
         self.class_names = list(names) if names else [f"class_{i}" for i in range(num_classes)]
 

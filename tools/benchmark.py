@@ -15,6 +15,7 @@ from detkit.data.loader import build_train_loader
 from detkit.engine.benchmark import calibrated_resnet_weights, time_inference, time_torchvision_trunk, time_training
 from detkit.engine.setup import ArgumentParser, seed_everything, user_errors_exit
 from detkit.modeling.build import build_model
+from detkit.modeling.fold_bn import fold_frozen_bn
 
 
 @user_errors_exit
@@ -25,6 +26,8 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--warmup", type=int, default=1)
     parser.add_argument("--train", action="store_true", help="also time training iterations on data.train")
+    parser.add_argument("--fold-bn", action="store_true", help="also time the model with frozen BN folded into the "
+                        "convolutions, in the same run, and check that the detections stay the same")
     parser.add_argument("--quick", action="store_true", help="one tiny run of everything (for tests)")
     parser.add_argument("--json", help="write the results here")
     parser.add_argument("overrides", nargs="*")
@@ -69,6 +72,22 @@ def main() -> None:
     print(f"{'tv trunk':<12} {t['median_ms']:>10.1f} {t['min_ms']:>9.1f} {t['max_ms']:>9.1f}   "
           f"(torchvision resnet{cfg.model.backbone.depth} conv1..conv5, same input)")
     print(f"detector / torchvision trunk time: {ratio:.2f}")
+
+    if args.fold_bn:
+        with torch.inference_mode():
+            before = model.eval()([image])[0]
+        folded = fold_frozen_bn(model)
+        results["inference_folded"] = time_inference(model, image, warmup=args.warmup, runs=args.runs)
+        with torch.inference_mode():
+            after = model([image])[0]
+        same = len(before["boxes"]) == len(after["boxes"]) and torch.equal(before["labels"], after["labels"])
+        max_box_diff = (before["boxes"] - after["boxes"]).abs().max().item() if same and len(before["boxes"]) else 0.0
+        speedup = results["inference"]["total"]["median_ms"] / results["inference_folded"]["total"]["median_ms"]
+        results["fold_bn"] = {"pairs": folded, "speedup": speedup, "same_detections": same, "max_box_diff": max_box_diff}
+        t = results["inference_folded"]
+        print(f"folded BN ({folded} conv+BN pairs): total {t['total']['median_ms']:.1f} ms "
+              f"(backbone {t['backbone']['median_ms']:.1f}, roi_heads {t['roi_heads']['median_ms']:.1f}); "
+              f"speedup x{speedup:.2f}; same detections: {same} (max box difference {max_box_diff:.2e} px)")
 
     if args.train:
         train_set = build_datasets(cfg.data.train, cfg=cfg, is_train=True)

@@ -18,6 +18,7 @@ from detkit.evaluation.results import save_results, to_coco_results
 from detkit.evaluation.submission import write_sidecar
 from detkit.evaluation.voc import VOCEvaluator
 from detkit.modeling.build import build_model
+from detkit.modeling.fold_bn import fold_frozen_bn
 from detkit.modeling.test_time import detect
 
 logger = logging.getLogger("detkit")
@@ -137,6 +138,8 @@ def load_for_testing(cfg, *, weights: str | Path) -> tuple:
         cfg.model.num_classes = len(names)
     model = build_model(cfg)
     load_model_weights(model, state, weights)
+    if cfg.test.fold_bn:
+        fold_frozen_bn(model)
     return model, datasets
 
 
