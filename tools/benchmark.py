@@ -16,6 +16,22 @@ from detkit.engine.benchmark import calibrated_resnet_weights, time_inference, t
 from detkit.engine.setup import ArgumentParser, seed_everything, user_errors_exit
 from detkit.modeling.build import build_model
 from detkit.modeling.fold_bn import fold_frozen_bn
+from detkit.structures.boxes import box_iou
+
+
+def same_detections(a: dict, b: dict, *, min_iou: float = 0.999, score_tol: float = 1e-3) -> tuple[bool, float]:
+    """Whether two detection sets are the same up to order and float error: equal counts, and each box of `a`
+    has a box of `b` with the same label, IoU >= `min_iou` and a score within `score_tol`. Also returns the
+    worst IoU found (1.0 for two empty sets)."""
+    if len(a["boxes"]) != len(b["boxes"]):
+        return False, 0.0
+    if len(a["boxes"]) == 0:
+        return True, 1.0
+    iou = box_iou(a["boxes"], b["boxes"])
+    iou = iou * (a["labels"][:, None] == b["labels"][None, :])
+    iou = iou * ((a["scores"][:, None] - b["scores"][None, :]).abs() <= score_tol)
+    worst = iou.max(dim=1).values.min().item()
+    return worst >= min_iou, worst
 
 
 @user_errors_exit
@@ -75,19 +91,25 @@ def main() -> None:
 
     if args.fold_bn:
         with torch.inference_mode():
-            before = model.eval()([image])[0]
+            batch = model.eval().preprocessor([image])[0]
+            features_before = model.backbone(batch)
+            before = model([image])[0]
         folded = fold_frozen_bn(model)
         results["inference_folded"] = time_inference(model, image, warmup=args.warmup, runs=args.runs)
         with torch.inference_mode():
+            feature_diff = ((model.backbone(batch) - features_before).abs().max() / features_before.abs().max()).item()
             after = model([image])[0]
-        same = len(before["boxes"]) == len(after["boxes"]) and torch.equal(before["labels"], after["labels"])
-        max_box_diff = (before["boxes"] - after["boxes"]).abs().max().item() if same and len(before["boxes"]) else 0.0
+        # with untrained heads many scores are nearly tied, so float-level changes may reorder the top-100 cut:
+        # the feature difference is the well-conditioned check, the detection comparison the end-to-end one
+        same, worst_iou = same_detections(before, after)
         speedup = results["inference"]["total"]["median_ms"] / results["inference_folded"]["total"]["median_ms"]
-        results["fold_bn"] = {"pairs": folded, "speedup": speedup, "same_detections": same, "max_box_diff": max_box_diff}
+        results["fold_bn"] = {"pairs": folded, "speedup": speedup, "same_detections": same, "worst_iou": worst_iou,
+                             "feature_rel_diff": feature_diff}
         t = results["inference_folded"]
         print(f"folded BN ({folded} conv+BN pairs): total {t['total']['median_ms']:.1f} ms "
               f"(backbone {t['backbone']['median_ms']:.1f}, roi_heads {t['roi_heads']['median_ms']:.1f}); "
-              f"speedup x{speedup:.2f}; same detections: {same} (max box difference {max_box_diff:.2e} px)")
+              f"speedup x{speedup:.2f}; conv4 features max relative difference {feature_diff:.1e}; "
+              f"same detections: {same} (worst IoU with its counterpart {worst_iou:.5f})")
 
     if args.train:
         train_set = build_datasets(cfg.data.train, cfg=cfg, is_train=True)
