@@ -157,7 +157,10 @@ def test_video_interrupt_leaves_a_playable_file(tmp_path, model_files):
     jsonl, output = tmp_path / "out.jsonl", tmp_path / "out.mp4"
     cmd = [sys.executable, str(REPO / "demo" / "video.py"), str(video), "--config", str(config),
            "--weights", str(weights), "--output", str(output), "--json", str(jsonl)]
-    proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    # A shell that starts jobs in the background (CI runners, nohup) makes them ignore SIGINT, and Python
+    # then installs no KeyboardInterrupt handler: give the demo the default handling a terminal gives it.
+    proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     try:
         deadline = time.monotonic() + 120
         while not (jsonl.exists() and jsonl.read_text().count("\n") >= 2):
