@@ -66,6 +66,8 @@ DEFAULTS: dict[str, Any] = {
             "refine_nms_thresh": 0.3,  # NMS IoU over the union of original and refined boxes
             "vote_iou_thresh": 0.8,  # box voting: same-class boxes at or above this IoU are averaged
             "global_context": False,  # concatenate a whole-image RoI feature to every region's feature
+            "context_pooler_resolution": 0,  # pooled size of the whole-image RoI; 0: pooler_resolution (not published)
+            "context_shared_head": True,  # the whole-image RoI goes through the regions' own layers (not published)
         },
     },
     "input": {

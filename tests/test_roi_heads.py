@@ -98,3 +98,34 @@ def test_no_proposals_gives_no_detections():
     heads.box_refinement = True
     dets, _ = heads(torch.randn(2, 8, 4, 4), [torch.zeros(0, 4), torch.zeros(0, 4)], SIZES)
     assert [len(d["boxes"]) for d in dets] == [0, 0]
+
+
+def test_context_pooled_size_and_sharing_are_config_choices():
+    from detkit.config import load_config
+    from detkit.errors import UserError
+    from detkit.modeling.build import build_model
+
+    base = ["model.num_classes=3", "model.backbone.depth=18", "model.backbone.weights=null", "model.backbone.width=32",
+            "model.roi_heads.global_context=true", "input.min_size_test=64", "input.max_size_test=100"]
+    shared = build_model(load_config(None, base + ["model.roi_heads.head=res5"]))
+    assert shared.roi_heads.context_head is None  # shared: no second set of weights, no extra checkpoint keys
+    assert not any(k.startswith("roi_heads.context_head") for k in shared.state_dict())
+    separate = build_model(load_config(None, base + ["model.roi_heads.head=res5", "model.roi_heads.context_shared_head=false",
+                                                       "model.roi_heads.context_pooler_resolution=8"]))
+    assert separate.roi_heads.context_pooler.resolution == 8
+    assert separate.roi_heads.context_head.res5 is not separate.roi_heads.box_head.res5
+    assert separate.roi_heads.predictor.cls_score.in_features == 2 * 256
+    fc = build_model(load_config(None, base + ["model.roi_heads.head=fc", "model.roi_heads.pooler_resolution=4",
+                                                 "model.roi_heads.fc_dim=32", "model.roi_heads.context_shared_head=false",
+                                                 "model.roi_heads.context_pooler_resolution=2"]))
+    assert fc.roi_heads.context_head.fc1.in_features == 128 * 2 * 2  # conv4 of a width-32 ResNet-18: 128 channels
+    images = [torch.randint(0, 256, (3, 64, 80), dtype=torch.uint8)]
+    targets = [{"boxes": torch.tensor([[5.0, 6.0, 40.0, 50.0]]), "labels": torch.tensor([1])}]
+    for model in (separate, fc):
+        losses = model.train()(images, targets)
+        sum(losses.values()).backward()
+        assert all(torch.isfinite(v) for v in losses.values())
+    import pytest
+
+    with pytest.raises(UserError, match="context_pooler_resolution"):
+        build_model(load_config(None, base + ["model.roi_heads.head=fc", "model.roi_heads.context_pooler_resolution=2"]))

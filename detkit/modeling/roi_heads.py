@@ -12,11 +12,14 @@ Inference: softmax, class-specific decode, clip, score threshold, per-class NMS,
 Iterative localization (ResNet paper, appendix B) optionally re-scores regressed boxes and votes.
 """
 
+import copy
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torchvision.ops import batched_nms, roi_align, roi_pool
 
+from detkit.errors import UserError
 from detkit.modeling.box_coder import BoxCoder
 from detkit.modeling.losses import smooth_l1
 from detkit.modeling.matcher import Matcher
@@ -110,6 +113,8 @@ class RoIHeads(nn.Module):
         nms_thresh: float = 0.5,
         detections_per_image: int = 100,
         global_context: bool = False,
+        context_pooler: RoIPooler | None = None,
+        context_head: nn.Module | None = None,
         box_refinement: bool = False,
         refine_nms_thresh: float = 0.3,
         vote_iou_thresh: float = 0.8,
@@ -129,6 +134,9 @@ class RoIHeads(nn.Module):
         self.nms_thresh = nms_thresh
         self.detections_per_image = detections_per_image
         self.global_context = global_context
+        # the whole-image RoI's pooler and head; None: the regions' own (shared weights, no extra keys)
+        self.context_pooler = context_pooler
+        self.context_head = context_head
         self.box_refinement = box_refinement
         self.refine_nms_thresh = refine_nms_thresh
         self.vote_iou_thresh = vote_iou_thresh
@@ -142,7 +150,21 @@ class RoIHeads(nn.Module):
             box_head = Res5Head(res5=res5, out_channels=res5.out_channels)
         else:
             box_head = FCHead(in_channels=in_channels, resolution=c.pooler_resolution, fc_dim=c.fc_dim)
-        feature_dim = box_head.out_dim * (2 if c.global_context else 1)
+        context_pooler = context_head = None
+        if c.global_context:
+            resolution = c.context_pooler_resolution or c.pooler_resolution
+            context_pooler = RoIPooler(kind=c.pooler, resolution=resolution, sampling_ratio=c.sampling_ratio)
+            if not c.context_shared_head:
+                if c.head == "res5":
+                    context_head = Res5Head(res5=copy.deepcopy(res5), out_channels=res5.out_channels)
+                else:
+                    context_head = FCHead(in_channels=in_channels, resolution=resolution, fc_dim=c.fc_dim)
+            elif c.head == "fc" and resolution != c.pooler_resolution:
+                raise UserError(
+                    "model.roi_heads.context_pooler_resolution must equal pooler_resolution when the fc head is "
+                    "shared with the context (its first layer's size depends on it); set context_shared_head: false"
+                )
+        feature_dim = box_head.out_dim + ((context_head or box_head).out_dim if c.global_context else 0)
         return cls(
             pooler=pooler,
             box_head=box_head,
@@ -158,6 +180,8 @@ class RoIHeads(nn.Module):
             nms_thresh=c.nms_thresh,
             detections_per_image=c.detections_per_image,
             global_context=c.global_context,
+            context_pooler=context_pooler,
+            context_head=context_head,
             box_refinement=c.box_refinement,
             refine_nms_thresh=c.refine_nms_thresh,
             vote_iou_thresh=c.vote_iou_thresh,
@@ -180,14 +204,16 @@ class RoIHeads(nn.Module):
         return self.predict(feature, proposals, image_sizes), {}
 
     def box_features(self, feature: Tensor, boxes: list[Tensor], image_sizes: list[tuple[int, int]]) -> Tensor:
-        """Per-region features (R, D); with global context, each region's is joined by its image's: (R, 2D)."""
+        """Per-region features (R, D); with global context, each region's is joined by its image's: (R, D + D')."""
         regions = self.box_head(self.pooler(feature, boxes))
         if not self.global_context:
             return regions
         whole = [torch.tensor([[0.0, 0.0, w, h]], device=feature.device) for h, w in image_sizes]
-        context = self.box_head(self.pooler(feature, whole))  # (N, D)
+        pooler = self.context_pooler if self.context_pooler is not None else self.pooler
+        head = self.context_head if self.context_head is not None else self.box_head
+        context = head(pooler(feature, whole))  # (N, D')
         counts = torch.tensor([len(b) for b in boxes], device=feature.device)
-        # (N, D) -> (R, D): repeat each image's context for its regions
+        # (N, D') -> (R, D'): repeat each image's context for its regions
         context = context.repeat_interleave(counts, dim=0)
         return torch.cat([regions, context], dim=1)
 
