@@ -1,17 +1,12 @@
 """Single-image inference for applications: BGR numpy in, numpy boxes/scores/labels out."""
 
-import logging
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from detkit.engine.checkpoint import load_checkpoint, load_model_weights
 from detkit.errors import UserError
-from detkit.modeling.build import build_model
-from detkit.modeling.fold_bn import fold_frozen_bn
-
-logger = logging.getLogger("detkit")
+from detkit.modeling.build import load_detector
 
 
 class Predictor:
@@ -24,20 +19,7 @@ class Predictor:
     """
 
     def __init__(self, cfg, weights: str | Path | None = None, *, class_names: list[str] | None = None):
-        state = load_checkpoint(weights) if weights is not None else None
-        names = class_names or (state or {}).get("class_names")
-        num_classes = cfg.model.num_classes or (len(names) if names else None)
-        if num_classes is None:
-            raise UserError("model.num_classes is not set and the weights do not name their classes")
-        self.model = build_model(cfg, num_classes=num_classes)
-        if state is not None:
-            load_model_weights(self.model, state, weights)
-        else:
-            logger.warning("Predictor without weights: the detection heads are untrained")
-        if cfg.test.fold_bn:
-            fold_frozen_bn(self.model)
-        self.model.eval()
-        self.class_names = list(names) if names else [f"class_{i}" for i in range(num_classes)]
+        self.model, self.class_names = load_detector(cfg, weights, class_names=class_names)
 
     @property
     def device(self) -> torch.device:

@@ -5,15 +5,14 @@ A checkpoint is a dict with at least `model` (a state_dict). Training checkpoint
 states, as plain lists and tensors) and `config` (the merged config as a YAML string).
 """
 
-import os
 import random
 import re
-import tempfile
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from detkit.atomic_write import write_atomically
 from detkit.errors import UserError
 
 CHECKPOINT_PATTERN = re.compile(r"^model_(\d{7})\.pth$")
@@ -24,22 +23,8 @@ def checkpoint_name(iteration: int) -> str:
 
 
 def save_checkpoint(path: str | Path, state: dict) -> None:
-    """Write to a temporary file in the same folder, fsync, then rename over `path`.
-
-    A crash at any point leaves either the previous file or the complete new one, never a partial one.
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(state, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    """`torch.save(state)` written atomically: a crash never leaves a partial checkpoint."""
+    write_atomically(path, lambda f: torch.save(state, f))
 
 
 def load_checkpoint(path: str | Path) -> dict:

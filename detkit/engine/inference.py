@@ -1,6 +1,5 @@
 """Runs a detector over test datasets, writes `detections.json`, evaluates and writes `metrics.json`."""
 
-import json
 import logging
 import time
 from pathlib import Path
@@ -8,17 +7,16 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
+from detkit.atomic_write import write_json
 from detkit.data.build import build_datasets
 from detkit.data.loader import build_test_loader
-from detkit.engine.checkpoint import load_checkpoint, load_model_weights
 from detkit.engine.distributed import all_gather, is_main_process, rank, world_size
 from detkit.errors import UserError
 from detkit.evaluation.coco import COCOEvaluator
 from detkit.evaluation.results import save_results, to_coco_results
 from detkit.evaluation.submission import write_sidecar
 from detkit.evaluation.voc import VOCEvaluator
-from detkit.modeling.build import build_model
-from detkit.modeling.fold_bn import fold_frozen_bn
+from detkit.modeling.build import load_detector
 from detkit.modeling.test_time import detect
 
 logger = logging.getLogger("detkit")
@@ -105,7 +103,7 @@ def evaluate_datasets(cfg, model, datasets: list, *, output_dir: Path | None, pr
             save_results(output_dir / f"detections{suffix}.json", results)
             write_sidecar(output_dir / f"detections{suffix}.json", dataset=dict(cfg.data.test[i]), **(provenance or {}))
             if metrics:
-                write_json(output_dir / f"metrics{suffix}.json", metrics)
+                write_json(output_dir / f"metrics{suffix}.json", metrics, indent=2)
         if evaluator is None:
             where = output_dir / f"detections{suffix}.json" if output_dir is not None else "nowhere (no output folder)"
             logger.info(
@@ -120,26 +118,12 @@ def evaluate_datasets(cfg, model, datasets: list, *, output_dir: Path | None, pr
     return first
 
 
-def write_json(path: Path, data) -> None:
-    """Write JSON atomically (temporary file then rename)."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(data, indent=2))
-    tmp.replace(path)
-
-
 def load_for_testing(cfg, *, weights: str | Path) -> tuple:
     """The model with `weights` loaded, and one dataset per `data.test` entry."""
     if not cfg.data.test:
         raise UserError("data.test is empty: name at least one test dataset in the config")
     datasets = [build_datasets([spec], cfg=cfg, is_train=False) for spec in cfg.data.test]
-    state = load_checkpoint(weights)
-    names = state.get("class_names") or datasets[0].class_names
-    if cfg.model.num_classes is None:
-        cfg.model.num_classes = len(names)
-    model = build_model(cfg)
-    load_model_weights(model, state, weights)
-    if cfg.test.fold_bn:
-        fold_frozen_bn(model)
+    model, _ = load_detector(cfg, weights, class_names=datasets[0].class_names)
     return model, datasets
 
 

@@ -14,11 +14,11 @@ in which they were produced (the evaluators sort stably).
 import json
 import math
 import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
 
+from detkit.atomic_write import write_json
 from detkit.errors import UserError
 
 BBOX_DECIMALS = 2
@@ -80,18 +80,8 @@ def to_coco_results(image_id: int | str, output: dict, category_ids: list[int]) 
 
 
 def save_results(path: str | os.PathLike, results: list[dict]) -> None:
-    """Write `results` as JSON to `path` atomically (a temporary file in the same folder, then rename)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(results, f, allow_nan=False)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
+    """Write `results` as JSON to `path` atomically; NaN is refused."""
+    write_json(path, results, allow_nan=False)
 
 
 def _is_number(v) -> bool:

@@ -27,7 +27,6 @@ import json
 import math
 import os
 import subprocess
-import tempfile
 import zipfile
 from collections import Counter, defaultdict
 from datetime import datetime, timezone
@@ -36,6 +35,7 @@ from typing import Any
 
 import numpy as np
 
+from detkit.atomic_write import write_atomically, write_json
 from detkit.errors import UserError
 from detkit.evaluation.results import BBOX_DECIMALS, RESULT_KEYS, SCORE_DECIMALS, load_results
 
@@ -250,27 +250,14 @@ def write_submission(
     output_dir.mkdir(parents=True, exist_ok=True)
     json_path = output_dir / name
     zip_path = json_path.with_suffix(".zip")
-    text = json.dumps(entries, allow_nan=False, separators=(",", ":"))
-    _write_atomically(json_path, lambda f: f.write(text.encode()))
-    _write_atomically(zip_path, lambda f: _zip_one(f, json_path))
+    write_json(json_path, entries, allow_nan=False, separators=(",", ":"))
+    write_atomically(zip_path, lambda f: _zip_one(f, json_path))
     return json_path, zip_path
 
 
 def _zip_one(f, path: Path) -> None:
     with zipfile.ZipFile(f, "w", compression=zipfile.ZIP_DEFLATED) as z:
         z.write(path, arcname=path.name)
-
-
-def _write_atomically(path: Path, write) -> None:
-    """`write(binary file)` into a temporary file beside `path`, then rename over it."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def make_submission(
@@ -444,7 +431,7 @@ def evaluate_saved_results(
 
     metrics_path = Path(metrics_path) if metrics_path is not None else metrics_path_for(results_path)
     metrics_path.parent.mkdir(parents=True, exist_ok=True)
-    _write_atomically(metrics_path, lambda f: f.write(json.dumps(metrics, indent=2).encode()))
+    write_json(metrics_path, metrics, indent=2)
     write_sidecar(
         metrics_path,
         command="evaluate",
@@ -499,7 +486,7 @@ def write_sidecar(path: str | os.PathLike, **info) -> Path:
     }
     target = sidecar_path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
-    _write_atomically(target, lambda f: f.write(json.dumps(record, indent=2, default=str).encode()))
+    write_json(target, record, indent=2, default=str)
     return target
 
 

@@ -1,13 +1,15 @@
 """Maps a config onto the detector's parts: the one place that reads `cfg.model`."""
 
 import logging
+from pathlib import Path
 
 import torch
 
-from detkit.engine.checkpoint import load_checkpoint
+from detkit.engine.checkpoint import load_checkpoint, load_model_weights
 from detkit.errors import UserError
 from detkit.modeling.backbone.resnet import build_resnet_c4
 from detkit.modeling.detector import FasterRCNN, ImagePreprocessor
+from detkit.modeling.fold_bn import fold_frozen_bn
 from detkit.modeling.roi_heads import RoIHeads
 from detkit.modeling.rpn import RPN
 
@@ -83,3 +85,24 @@ def load_matching_weights(model: FasterRCNN, path: str) -> None:
     model.load_state_dict(matching, strict=False)
     fresh = sorted(k for k in own if k not in matching)
     logger.info(f"initialised {len(matching)} tensors from {path}; new: {', '.join(fresh) if fresh else 'none'}")
+
+
+def load_detector(cfg, weights: str | Path | None, *, class_names: list[str] | None = None) -> tuple[FasterRCNN, list[str]]:
+    """Build `cfg`'s detector for inference, load a detkit checkpoint into it, fold BN if `test.fold_bn`.
+
+    Class names: the checkpoint's (training stores them), else `class_names`, else "class_<i>".
+    The class count: `model.num_classes`, else the number of names. Returns (model in eval mode, names).
+    """
+    state = load_checkpoint(weights) if weights is not None else None
+    names = (state or {}).get("class_names") or class_names
+    num_classes = cfg.model.num_classes or (len(names) if names else None)
+    if num_classes is None:
+        raise UserError("model.num_classes is not set and the weights do not name their classes")
+    model = build_model(cfg, num_classes=num_classes)
+    if state is not None:
+        load_model_weights(model, state, weights)
+    else:
+        logger.warning("no weights given: the detection heads are untrained")
+    if cfg.test.fold_bn:
+        fold_frozen_bn(model)
+    return model.eval(), list(names) if names else [f"class_{i}" for i in range(num_classes)]
