@@ -67,6 +67,16 @@ def all_gather(obj) -> list:
     ]
 
 
+def any_process(flag: bool) -> bool:
+    """True when `flag` is true in any process (one small all-reduce; `flag` itself in a single process)."""
+    if world_size() == 1:
+        return flag
+    device = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else torch.device("cpu")
+    value = torch.tensor([1.0 if flag else 0.0], device=device)
+    dist.all_reduce(value, op=dist.ReduceOp.MAX)
+    return bool(value.item())
+
+
 def barrier() -> None:
     if world_size() > 1:
         dist.barrier()

@@ -25,7 +25,7 @@ from detkit.engine.checkpoint import (
     save_checkpoint,
     set_rng_state,
 )
-from detkit.engine.distributed import all_gather, barrier, init_distributed, is_main_process, rank, world_size
+from detkit.engine.distributed import all_gather, any_process, barrier, init_distributed, is_main_process, rank, world_size
 from detkit.engine.inference import evaluate_datasets
 from detkit.engine.setup import seed_everything, setup_logging
 from detkit.errors import UserError
@@ -226,9 +226,9 @@ def check_finite(losses: dict, iteration: int) -> None:
     """Stop on a non-finite loss, naming it. With several processes all of them stop together (a process
     that stopped alone would leave the others waiting in the gradient all-reduce)."""
     bad = [(name, value.item()) for name, value in losses.items() if not torch.isfinite(value)]
-    if world_size() > 1:
+    if any_process(bool(bad)):
+        # rare path: collect the names from every process for the message
         bad = [b for per_rank in all_gather(bad) for b in per_rank]
-    if bad:
         name, value = bad[0]
         raise UserError(
             f"loss {name} is {value} at iteration {iteration}: training diverged; "
