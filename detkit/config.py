@@ -77,6 +77,8 @@ DEFAULTS: dict[str, Any] = {
         "max_size_test": 1000,  # long side cap at test time (paper: 1000)
         "hflip_prob": 0.5,  # horizontal flip probability in training
         "color_jitter": 0.0,  # brightness/contrast/saturation jitter strength in training; 0: off
+        "crop_size": 0,  # training: a random crop_size x crop_size window after the resize; 0: no crop
+        "crop_min_visible": 0.5,  # a box keeping less than this share of its area in the crop is dropped
     },
     "data": {
         "train": [],  # list of datasets: {format: coco|voc|shapes, ...}; see README
@@ -114,6 +116,8 @@ DEFAULTS: dict[str, Any] = {
         "multiscale_mode": "union",  # union: detector per scale, NMS over the union | maxout: the paper's
         "ims_per_batch": 1,  # images per inference batch
         "fold_bn": False,  # fold frozen BN into the convolutions before inference (same detections, faster)
+        "compile": False,  # torch.compile the trunk and the per-region head for inference (slow first images)
+        "amp": False,  # CUDA inference under autocast (bf16 where supported, else fp16); ignored on CPU
     },
 }
 

@@ -1,6 +1,12 @@
-"""Benchmark inference (per stage) and training for a config, against a reference timed in the same run.
+"""Benchmark inference (per stage) and training for a config, against references timed in the same run.
 
-python tools/benchmark.py --config configs/coco_r101.yaml [--size 800] [--runs 3] [--train] [--quick] [KEY=VALUE ...]
+python tools/benchmark.py --config configs/coco_r101.yaml [--size 800] [--runs 3] [--compare torchvision]
+                          [--train] [--quick] [--json FILE] [KEY=VALUE ...]
+
+The detector is timed as the config runs it (the speed-ups of `detkit.modeling.optimize` that the config
+switches on: test.fold_bn, model.channels_last, test.compile, test.amp). `--compare torchvision` also
+builds the same detector with every speed-up off and torchvision's FasterRCNN class with the same
+weights, times the three taking turns, and checks that all give the same detections.
 """
 
 import json
@@ -12,104 +18,127 @@ import torch
 from detkit.config import load_config
 from detkit.data.build import build_datasets
 from detkit.data.loader import build_train_loader
-from detkit.engine.benchmark import calibrated_resnet_weights, time_inference, time_torchvision_trunk, time_training
+from detkit.engine.benchmark import (
+    calibrated_resnet_weights,
+    count_flops,
+    matmul_gflops,
+    same_detections,
+    spread_class_scores,
+    time_inference,
+    time_interleaved,
+    time_torchvision_trunk,
+    time_training,
+)
 from detkit.engine.setup import ArgumentParser, seed_everything, user_errors_exit
+from detkit.engine.torchvision_reference import build_torchvision_equivalent, torchvision_detections
 from detkit.modeling.build import build_model
-from detkit.modeling.fold_bn import fold_frozen_bn
-from detkit.structures.boxes import box_iou
+from detkit.modeling.optimize import optimize_for_inference
+
+SPEEDUPS_OFF = ["model.channels_last=false", "test.fold_bn=false", "test.compile=false", "test.amp=false"]
 
 
-def same_detections(a: dict, b: dict, *, min_iou: float = 0.999, score_tol: float = 1e-3) -> tuple[bool, float]:
-    """Whether two detection sets are the same up to order and float error: equal counts, and each box of `a`
-    has a box of `b` with the same label, IoU >= `min_iou` and a score within `score_tol`. Also returns the
-    worst IoU found (1.0 for two empty sets)."""
-    if len(a["boxes"]) != len(b["boxes"]):
-        return False, 0.0
-    if len(a["boxes"]) == 0:
-        return True, 1.0
-    iou = box_iou(a["boxes"], b["boxes"])
-    iou = iou * (a["labels"][:, None] == b["labels"][None, :])
-    iou = iou * ((a["scores"][:, None] - b["scores"][None, :]).abs() <= score_tol)
-    worst = iou.max(dim=1).values.min().item()
-    return worst >= min_iou, worst
+def print_table(rows: list[tuple[str, dict]]) -> None:
+    print(f"{'':<34} {'median ms':>10} {'min':>9} {'max':>9}")
+    for name, t in rows:
+        print(f"{name:<34} {t['median_ms']:>10.1f} {t['min_ms']:>9.1f} {t['max_ms']:>9.1f}")
 
 
 @user_errors_exit
 def main() -> None:
-    parser = ArgumentParser(description="Time detkit inference and training; compare with torchvision's trunk.")
+    parser = ArgumentParser(description="Time detkit inference and training; compare with torchvision.")
     parser.add_argument("--config", required=True)
     parser.add_argument("--size", type=int, default=0, help="short side of the test image (default: input.min_size_test)")
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--warmup", type=int, default=1)
+    parser.add_argument("--compare", choices=["torchvision"], help="also time torchvision's FasterRCNN built as the "
+                        "same detector with the same weights, and detkit with its speed-ups off; check detections")
     parser.add_argument("--train", action="store_true", help="also time training iterations on data.train")
-    parser.add_argument("--fold-bn", action="store_true", help="also time the model with frozen BN folded into the "
-                        "convolutions, in the same run, and check that the detections stay the same")
     parser.add_argument("--quick", action="store_true", help="one tiny run of everything (for tests)")
     parser.add_argument("--json", help="write the results here")
     parser.add_argument("overrides", nargs="*")
     args = parser.parse_args()
 
-    overrides = list(args.overrides)
     if args.quick:
         args.runs, args.warmup = 1, 0
-    cfg = load_config(args.config, overrides)
+    cfg = load_config(args.config, args.overrides)
     b = cfg.model.backbone
     standard = b.width == 64 and not b.preact and b.norm != "gn"  # the shapes torchvision's ResNets have
+    weights_override = []
     if b.weights in ("imagenet", None) and standard:
         # the time depends on the number of proposals, which needs features of a sane scale, not on
         # the values of the weights: use random weights with calibrated BN statistics (no download)
-        weights_file = Path(tempfile.mkdtemp()) / f"resnet{cfg.model.backbone.depth}_calibrated.pth"
-        calibrated_resnet_weights(cfg.model.backbone.depth, weights_file)
-        cfg.model.backbone.weights = str(weights_file)
+        weights_file = Path(tempfile.mkdtemp()) / f"resnet{b.depth}_calibrated.pth"
+        calibrated_resnet_weights(b.depth, weights_file)
+        weights_override = [f"model.backbone.weights={weights_file}"]
     elif b.weights == "imagenet":
-        b.weights = None
-    seed_everything(cfg.seed)
+        weights_override = ["model.backbone.weights=null"]
     size = args.size or cfg.input.min_size_test
-    cfg.input.min_size_test = size
-    model = build_model(cfg, num_classes=cfg.model.num_classes or 80)
-    # a 4:3 image whose short side is `size`
-    image = torch.randint(0, 256, (3, size, size * 4 // 3), dtype=torch.uint8)
-    with torch.inference_mode():
-        num_proposals = len(model.eval().rpn(model.backbone(model.preprocessor([image])[0]), [tuple(image.shape[-2:])])[0][0])
-    print(f"threads: {torch.get_num_threads()}, device: {model.device}, image {tuple(image.shape)}, "
-          f"{num_proposals} proposals")
+    size_override = [f"input.min_size_test={size}"]
+    cfg = load_config(args.config, args.overrides + weights_override + size_override)
+    plain_cfg = load_config(args.config, args.overrides + weights_override + size_override + SPEEDUPS_OFF)
+    num_classes = cfg.model.num_classes or 80
 
-    results = {"config": args.config, "size": size, "threads": torch.get_num_threads(), "device": str(model.device)}
+    seed_everything(cfg.seed)
+    plain = build_model(plain_cfg, num_classes=num_classes).eval()
+    # a 4:3 image whose short side is `size` (no resize inside either detector)
+    image = torch.randint(0, 256, (3, size, size * 4 // 3), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    spread_class_scores(plain, image)
+    reference = build_torchvision_equivalent(plain, cfg) if args.compare else None
+    model = build_model(cfg, num_classes=num_classes)
+    model.load_state_dict(plain.state_dict())
+    optimize_for_inference(
+        model, fold_bn=cfg.test.fold_bn, channels_last=cfg.model.channels_last, compile=cfg.test.compile, amp=cfg.test.amp
+    )
+    with torch.inference_mode():
+        num_proposals = len(model.rpn(model.backbone(model.preprocessor([image])[0]), [tuple(image.shape[-2:])])[0][0])
+    speedups = [k for k, on in [("fold_bn", cfg.test.fold_bn), ("channels_last", cfg.model.channels_last),
+                                ("compile", cfg.test.compile), ("amp", cfg.test.amp)] if on]
+    print(f"threads: {torch.get_num_threads()}, device: {model.device}, image {tuple(image.shape)}, "
+          f"{num_proposals} proposals, speed-ups on: {', '.join(speedups) or 'none'}")
+
+    results = {"config": args.config, "size": size, "threads": torch.get_num_threads(), "device": str(model.device),
+               "speedups": speedups}
     results["inference"] = time_inference(model, image, warmup=args.warmup, runs=args.runs)
     results["torchvision_trunk"] = time_torchvision_trunk(
-        cfg.model.backbone.depth, size, size * 4 // 3, device=model.device, warmup=args.warmup, runs=args.runs
+        b.depth, size, size * 4 // 3, device=model.device, warmup=args.warmup, runs=args.runs
     )
-    ratio = results["inference"]["total"]["median_ms"] / results["torchvision_trunk"]["median_ms"]
-    results["ratio_to_trunk"] = ratio
-    print(f"{'stage':<12} {'median ms':>10} {'min':>9} {'max':>9}")
-    for name, t in results["inference"].items():
-        print(f"{name:<12} {t['median_ms']:>10.1f} {t['min_ms']:>9.1f} {t['max_ms']:>9.1f}")
-    t = results["torchvision_trunk"]
-    print(f"{'tv trunk':<12} {t['median_ms']:>10.1f} {t['min_ms']:>9.1f} {t['max_ms']:>9.1f}   "
-          f"(torchvision resnet{cfg.model.backbone.depth} conv1..conv5, same input)")
-    print(f"detector / torchvision trunk time: {ratio:.2f}")
+    results["ratio_to_trunk"] = results["inference"]["total"]["median_ms"] / results["torchvision_trunk"]["median_ms"]
+    print_table([(f"detkit {name}", t) for name, t in results["inference"].items()]
+                + [(f"torchvision resnet{b.depth} conv1..conv5", results["torchvision_trunk"])])
 
-    if args.fold_bn:
+    flops = count_flops(lambda: model([image]))
+    rate = matmul_gflops(device=model.device)
+    achieved = flops / (results["inference"]["total"]["median_ms"] / 1000) / 1e9
+    results["flops"] = {"gflop": flops / 1e9, "gflop_per_s": achieved, "matmul_gflop_per_s": rate,
+                        "share_of_matmul_rate": achieved / rate}
+    print(f"{flops / 1e9:.1f} GFLOP per image (convolutions and matrix products): {achieved:.1f} GFLOP/s, "
+          f"{100 * achieved / rate:.0f}% of this machine's measured float32 matmul rate ({rate:.1f} GFLOP/s)")
+
+    if args.compare:
         with torch.inference_mode():
-            batch = model.eval().preprocessor([image])[0]
-            features_before = model.backbone(batch)
-            before = model([image])[0]
-        folded = fold_frozen_bn(model)
-        results["inference_folded"] = time_inference(model, image, warmup=args.warmup, runs=args.runs)
-        with torch.inference_mode():
-            feature_diff = ((model.backbone(batch) - features_before).abs().max() / features_before.abs().max()).item()
-            after = model([image])[0]
-        # with untrained heads many scores are nearly tied, so float-level changes may reorder the top-100 cut:
-        # the feature difference is the well-conditioned check, the detection comparison the end-to-end one
-        same, worst_iou = same_detections(before, after)
-        speedup = results["inference"]["total"]["median_ms"] / results["inference_folded"]["total"]["median_ms"]
-        results["fold_bn"] = {"pairs": folded, "speedup": speedup, "same_detections": same, "worst_iou": worst_iou,
-                             "feature_rel_diff": feature_diff}
-        t = results["inference_folded"]
-        print(f"folded BN ({folded} conv+BN pairs): total {t['total']['median_ms']:.1f} ms "
-              f"(backbone {t['backbone']['median_ms']:.1f}, roi_heads {t['roi_heads']['median_ms']:.1f}); "
-              f"speedup x{speedup:.2f}; conv4 features max relative difference {feature_diff:.1e}; "
-              f"same detections: {same} (worst IoU with its counterpart {worst_iou:.5f})")
+            ours, ours_plain, theirs = model([image])[0], plain([image])[0], torchvision_detections(reference, image)
+        times = time_interleaved(
+            {
+                "detkit": lambda: model([image]),
+                "detkit_no_speedups": lambda: plain([image]),
+                "torchvision": lambda: reference([image.float() / 255.0]),
+            },
+            device=model.device, warmup=args.warmup, runs=args.runs,
+        )
+        checks = {}
+        for name, dets in [("detkit", ours), ("detkit_no_speedups", ours_plain)]:
+            same, worst = same_detections(dets, theirs)
+            checks[name] = {"same_detections": same, "worst_iou": worst, "count": len(dets["boxes"])}
+        ratio = times["detkit"]["median_ms"] / times["torchvision"]["median_ms"]
+        results["compare_torchvision"] = {"times": times, "ratio": ratio, "checks": checks,
+                                          "torchvision_count": len(theirs["boxes"])}
+        print(f"\nwhole detector, taking turns, {args.runs} runs after {args.warmup} warm-up:")
+        print_table([(name, t) for name, t in times.items()])
+        for name, c in checks.items():
+            print(f"{name} vs torchvision: same detections: {c['same_detections']} ({c['count']} vs "
+                  f"{len(theirs['boxes'])}, worst IoU with its counterpart {c['worst_iou']:.5f})")
+        print(f"detkit / torchvision time: {ratio:.2f}  (no speed-ups: "
+              f"{times['detkit_no_speedups']['median_ms'] / times['torchvision']['median_ms']:.2f})")
 
     if args.train:
         train_set = build_datasets(cfg.data.train, cfg=cfg, is_train=True)
@@ -124,7 +153,8 @@ def main() -> None:
         results["training"] = time_training(train_model, loader, warmup=args.warmup, runs=args.runs)
         tr = results["training"]
         print(f"training: {tr['iteration']['median_ms']:.0f} ms/iteration, {tr['images_per_s']:.2f} images/s, "
-              f"data loading {100 * tr['data_share']:.1f}% of the time")
+              f"data loading {100 * tr['data_share']:.1f}% of the time, peak memory {tr['peak_memory_mb']:.0f} MB "
+              f"({'CUDA tensors' if model.device.type == 'cuda' else 'process resident size'})")
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=2))
 

@@ -85,6 +85,8 @@ def build_dataset(spec: dict, *, cfg: Any, is_train: bool, name: str = "dataset"
             max_size=inp["max_size_train"],
             hflip_prob=inp["hflip_prob"],
             color_jitter=inp["color_jitter"],
+            crop_size=inp["crop_size"],
+            crop_min_visible=inp["crop_min_visible"],
         )
     try:
         if fmt == "coco":

@@ -1,4 +1,4 @@
-"""Training augmentation: shortest-edge resize, horizontal flip, colour jitter (albumentations).
+"""Training augmentation: shortest-edge resize, optional random crop, horizontal flip, colour jitter (albumentations).
 
 A transform is a callable `(image, boxes, labels) -> (image, boxes, labels)`:
     image   (H, W, 3) uint8 RGB numpy array
@@ -45,23 +45,55 @@ def resize_image_and_boxes(
     return image, boxes.astype(np.float32) * scale
 
 
+def random_crop(
+    image: np.ndarray, boxes: np.ndarray, labels: np.ndarray, size: int, min_visible: float
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """A window of at most `size` x `size` at a random place (np.random) of an (H, W, C) image.
+
+    Boxes are shifted into the window and clipped to it; a box keeping less than `min_visible` of its
+    area is dropped with its label (a sliver of an object is not a fair training target).
+    """
+    h, w = image.shape[:2]
+    ch, cw = min(size, h), min(size, w)
+    y0 = np.random.randint(h - ch + 1)
+    x0 = np.random.randint(w - cw + 1)
+    image = image[y0 : y0 + ch, x0 : x0 + cw]
+    area = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
+    boxes = np.clip(boxes - np.array([x0, y0, x0, y0], dtype=np.float32), 0, [cw, ch, cw, ch]).astype(np.float32)
+    kept_area = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
+    keep = kept_area >= min_visible * np.maximum(area, 1e-6)
+    return image, boxes[keep], labels[keep]
+
+
 def _valid(boxes: np.ndarray, min_size: float = 1.0) -> np.ndarray:
     return ((boxes[:, 2] - boxes[:, 0]) >= min_size) & ((boxes[:, 3] - boxes[:, 1]) >= min_size)
 
 
 class TrainTransform:
-    """Random shortest-edge resize, then an albumentations pipeline (flip, jitter) on pascal_voc boxes.
+    """Random shortest-edge resize, a random `crop_size` window (0: none), then an albumentations pipeline
+    (flip, jitter) on pascal_voc boxes.
 
     Randomness comes from numpy's global RNG only (the resize choice and a fresh seed for the
     albumentations pipeline on every call), so seeding `np.random` reproduces the augmentation;
     the training loader does that per sample (see `detkit.data.loader`).
     """
 
-    def __init__(self, *, min_sizes: list[int], max_size: int, hflip_prob: float, color_jitter: float):
+    def __init__(
+        self,
+        *,
+        min_sizes: list[int],
+        max_size: int,
+        hflip_prob: float,
+        color_jitter: float,
+        crop_size: int = 0,
+        crop_min_visible: float = 0.5,
+    ):
         if not min_sizes:
             raise ValueError("min_sizes must hold at least one size")
         self.min_sizes = [int(s) for s in min_sizes]
         self.max_size = int(max_size)
+        self.crop_size = int(crop_size)
+        self.crop_min_visible = float(crop_min_visible)
         steps: list = [A.HorizontalFlip(p=hflip_prob)]
         if color_jitter > 0:
             steps.append(
@@ -93,6 +125,10 @@ class TrainTransform:
         boxes = np.clip(boxes, 0, [nw, nh, nw, nh]).astype(np.float32)
         keep = _valid(boxes)
         boxes, labels = boxes[keep], labels[keep]
+        if self.crop_size > 0:
+            image, boxes, labels = random_crop(image, boxes, labels, self.crop_size, self.crop_min_visible)
+            keep = _valid(boxes)
+            boxes, labels = boxes[keep], labels[keep]
         self._reseed()
         out = self.pipeline(image=image, bboxes=boxes, labels=labels)
         boxes = np.asarray(out["bboxes"], dtype=np.float32).reshape(-1, 4)
@@ -102,9 +138,23 @@ class TrainTransform:
 
 
 def build_train_transform(
-    *, min_sizes: list[int], max_size: int, hflip_prob: float, color_jitter: float
+    *,
+    min_sizes: list[int],
+    max_size: int,
+    hflip_prob: float,
+    color_jitter: float,
+    crop_size: int = 0,
+    crop_min_visible: float = 0.5,
 ) -> TrainTransform:
     """The training transform of `input.*`: short side drawn from `min_sizes`, long side <= `max_size`,
-    horizontal flip with probability `hflip_prob`, brightness/contrast/saturation jitter of strength
-    `color_jitter` (factors drawn from [1 - s, 1 + s]; 0 turns it off)."""
-    return TrainTransform(min_sizes=min_sizes, max_size=max_size, hflip_prob=hflip_prob, color_jitter=color_jitter)
+    a random `crop_size` square window (0: no crop; boxes keeping less than `crop_min_visible` of their
+    area dropped), horizontal flip with probability `hflip_prob`, brightness/contrast/saturation jitter
+    of strength `color_jitter` (factors drawn from [1 - s, 1 + s]; 0 turns it off)."""
+    return TrainTransform(
+        min_sizes=min_sizes,
+        max_size=max_size,
+        hflip_prob=hflip_prob,
+        color_jitter=color_jitter,
+        crop_size=crop_size,
+        crop_min_visible=crop_min_visible,
+    )

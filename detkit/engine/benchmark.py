@@ -4,13 +4,18 @@ Times are medians over `runs` after `warmup` untimed runs; the spread is (min, m
 within one run rather than absolute numbers across runs: shared machines are noisy.
 """
 
+import math
+import resource
 import statistics
 import time
+from typing import Callable
 
 import torch
 import torchvision
+from torch.utils.flop_counter import FlopCounterMode
 
 from detkit.modeling.detector import FasterRCNN
+from detkit.structures.boxes import box_iou
 
 
 @torch.no_grad()
@@ -84,8 +89,17 @@ def time_torchvision_trunk(depth: int, height: int, width: int, *, device: torch
     return _summary(times)
 
 
+def peak_memory_mb(device: torch.device) -> float:
+    """Peak memory so far: tensors allocated on a CUDA device, or the process's peak resident size on the CPU
+    (an upper bound for its tensors: it also holds the interpreter, libraries and allocator caches)."""
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**10  # Linux reports KiB
+
+
 def time_training(model: FasterRCNN, loader, *, warmup: int = 1, runs: int = 3, lr: float = 0.001) -> dict:
-    """Training iterations from `loader`: time per iteration, images/s, and the share spent waiting for data."""
+    """Training iterations from `loader`: time per iteration, images/s, the share spent waiting for data, and
+    the peak memory (see `peak_memory_mb`; on CUDA counted from the first timed iteration's start)."""
     model.train()
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.SGD(params, lr=lr, momentum=0.9)
@@ -93,6 +107,8 @@ def time_training(model: FasterRCNN, loader, *, warmup: int = 1, runs: int = 3, 
     data_times, step_times, images_seen = [], [], 0
     it = iter(loader)
     for i in range(warmup + runs):
+        if i == warmup and device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(device)
         tic = time.perf_counter()
         images, targets = next(it)
         loaded = time.perf_counter()
@@ -110,4 +126,82 @@ def time_training(model: FasterRCNN, loader, *, warmup: int = 1, runs: int = 3, 
         "iteration": _summary(step_times),
         "images_per_s": images_seen / total,
         "data_share": sum(data_times) / total,
+        "peak_memory_mb": peak_memory_mb(device),
     }
+
+
+@torch.inference_mode()
+def time_interleaved(calls: dict[str, Callable[[], object]], *, device: torch.device, warmup: int = 1, runs: int = 3) -> dict:
+    """Time several callables taking turns (a, b, c, a, b, c, ...), so drift on a shared machine hits all alike."""
+    times = {name: [] for name in calls}
+    for i in range(warmup + runs):
+        for name, call in calls.items():
+            tic = time.perf_counter()
+            call()
+            _sync(device)
+            if i >= warmup:
+                times[name].append(time.perf_counter() - tic)
+    return {name: _summary(t) for name, t in times.items()}
+
+
+@torch.inference_mode()
+def count_flops(call: Callable[[], object]) -> int:
+    """Floating-point operations (a multiply-add counts 2) of the matrix products and convolutions in `call`."""
+    counter = FlopCounterMode(display=False)
+    with counter:
+        call()
+    return counter.get_total_flops()
+
+
+@torch.inference_mode()
+def matmul_gflops(*, device: torch.device, n: int = 2048, runs: int = 5) -> float:
+    """The machine's measured float32 matrix-multiply rate (GFLOP/s, best of `runs` n x n products):
+    the practical ceiling that convolution-heavy inference is compared with."""
+    a = torch.randn(n, n, device=device)
+    b = torch.randn(n, n, device=device)
+    a @ b  # warm-up
+    best = float("inf")
+    for _ in range(runs):
+        _sync(device)
+        tic = time.perf_counter()
+        a @ b
+        _sync(device)
+        best = min(best, time.perf_counter() - tic)
+    return 2 * n**3 / best / 1e9
+
+
+def same_detections(a: dict, b: dict, *, min_iou: float = 0.999, score_tol: float = 1e-3) -> tuple[bool, float]:
+    """Whether two detection sets are the same up to order and float error: each box of one set has a box of
+    the other with the same label, IoU >= `min_iou` and a score within `score_tol`. Detections within
+    `score_tol` of the lowest kept score may be missing from the other set (a float-level difference
+    decides which of two nearly tied boxes makes the top-N cut). Also returns the worst IoU found."""
+    worst = 1.0
+    for x, y in ((a, b), (b, a)):
+        if len(x["boxes"]) == 0:
+            continue
+        if len(y["boxes"]) == 0:
+            return False, 0.0
+        iou = box_iou(x["boxes"], y["boxes"])
+        iou = iou * (x["labels"][:, None] == y["labels"][None, :])
+        iou = iou * ((x["scores"][:, None] - y["scores"][None, :]).abs() <= score_tol)
+        best = iou.max(dim=1).values
+        cut = max(x["scores"].min().item(), y["scores"].min().item()) + score_tol
+        must_match = x["scores"] > cut
+        if must_match.any():
+            worst = min(worst, best[must_match].min().item())
+    return worst >= min_iou, worst
+
+
+@torch.inference_mode()
+def spread_class_scores(model, image: torch.Tensor, logit_std: float = 2.0) -> None:
+    """Random heads score every class about 1/K, below the detection threshold: redraw the classifier so its
+    logits have std `logit_std` on this image's regions, so there are detections to compare and post-process."""
+    batch, sizes, _ = model.preprocessor([image])
+    feature = model.backbone(batch)
+    proposals, _ = model.rpn(feature, sizes)
+    features = model.roi_heads.box_features(feature, proposals, sizes)  # (R, D)
+    rms = features.pow(2).mean().sqrt().item()
+    cls = model.roi_heads.predictor.cls_score
+    generator = torch.Generator().manual_seed(0)
+    weight = torch.randn(cls.weight.shape, generator=generator) * logit_std / (rms * math.sqrt(cls.in_features))
+    cls.weight.copy_(weight)

@@ -9,7 +9,7 @@ from detkit.engine.checkpoint import load_checkpoint, load_model_weights
 from detkit.errors import UserError
 from detkit.modeling.backbone.resnet import build_resnet_c4
 from detkit.modeling.detector import FasterRCNN, ImagePreprocessor
-from detkit.modeling.fold_bn import fold_frozen_bn
+from detkit.modeling.optimize import optimize_for_inference, use_channels_last
 from detkit.modeling.roi_heads import RoIHeads
 from detkit.modeling.rpn import RPN
 
@@ -70,7 +70,7 @@ def build_model(cfg, *, num_classes: int | None = None) -> FasterRCNN:
         load_matching_weights(model, cfg.model.weights)
     model = model.to(resolve_device(cfg.model.device))
     if cfg.model.channels_last:
-        model = model.to(memory_format=torch.channels_last)
+        use_channels_last(model)
     return model
 
 
@@ -88,7 +88,9 @@ def load_matching_weights(model: FasterRCNN, path: str) -> None:
 
 
 def load_detector(cfg, weights: str | Path | None, *, class_names: list[str] | None = None) -> tuple[FasterRCNN, list[str]]:
-    """Build `cfg`'s detector for inference, load a detkit checkpoint into it, fold BN if `test.fold_bn`.
+    """Build `cfg`'s detector for inference, load a detkit checkpoint into it, then apply the speed-ups the
+    config switches on (`test.fold_bn`, `model.channels_last`, `test.compile`, `test.amp`; see
+    `detkit.modeling.optimize`).
 
     Class names: the checkpoint's (training stores them), else `class_names`, else "class_<i>".
     The class count: `model.num_classes`, else the number of names. Returns (model in eval mode, names).
@@ -103,6 +105,11 @@ def load_detector(cfg, weights: str | Path | None, *, class_names: list[str] | N
         load_model_weights(model, state, weights)
     else:
         logger.warning("no weights given: the detection heads are untrained")
-    if cfg.test.fold_bn:
-        fold_frozen_bn(model)
-    return model.eval(), list(names) if names else [f"class_{i}" for i in range(num_classes)]
+    optimize_for_inference(
+        model,
+        fold_bn=cfg.test.fold_bn,
+        channels_last=cfg.model.channels_last,
+        compile=cfg.test.compile,
+        amp=cfg.test.amp,
+    )
+    return model, list(names) if names else [f"class_{i}" for i in range(num_classes)]

@@ -111,6 +111,11 @@ class FasterRCNN(nn.Module):
         self.backbone = backbone
         self.rpn = rpn
         self.roi_heads = roi_heads
+        self.amp_dtype: torch.dtype | None = None  # inference under autocast (set by detkit.modeling.optimize)
+
+    def autocast(self) -> torch.autocast:
+        """Autocast for inference when AMP was switched on (CUDA); a disabled context otherwise."""
+        return torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp_dtype is not None)
 
     @property
     def device(self) -> torch.device:
@@ -132,7 +137,8 @@ class FasterRCNN(nn.Module):
         """Detections in each input image's pixels; `min_size`/`max_size` override the test scale."""
         original_sizes = [(im.shape[-2], im.shape[-1]) for im in images]
         batch, sizes, _ = self.preprocessor(images, min_size=min_size, max_size=max_size)
-        feature = self.backbone(batch)
-        proposals, _ = self.rpn(feature, sizes)
-        detections, _ = self.roi_heads(feature, proposals, sizes)
+        with self.autocast():
+            feature = self.backbone(batch)
+            proposals, _ = self.rpn(feature, sizes)
+            detections, _ = self.roi_heads(feature, proposals, sizes)
         return self.preprocessor.postprocess(detections, sizes, original_sizes)

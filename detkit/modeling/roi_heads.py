@@ -28,7 +28,11 @@ from detkit.structures.boxes import box_iou, clip_boxes, nonempty
 
 
 class RoIPooler(nn.Module):
-    """torchvision.ops roi_pool (the paper's choice) or roi_align on a single stride-16 map."""
+    """torchvision.ops roi_pool (the paper's choice) or roi_align on a single stride-16 map.
+
+    Pooling runs in float32 even under autocast (box coordinates in half precision would be off by
+    pixels); `channels_last` (set by `detkit.modeling.optimize`) hands the head NHWC regions.
+    """
 
     def __init__(self, *, kind: str = "roi_pool", resolution: int = 14, stride: int = 16, sampling_ratio: int = 0):
         super().__init__()
@@ -38,14 +42,19 @@ class RoIPooler(nn.Module):
         self.resolution = resolution
         self.spatial_scale = 1.0 / stride
         self.sampling_ratio = sampling_ratio
+        self.channels_last = False
 
     def forward(self, feature: Tensor, boxes: list[Tensor]) -> Tensor:
         """(N, C, H, W), N lists of (R_i, 4) xyxy input-pixel boxes -> (R, C, S, S)."""
+        if feature.dtype in (torch.float16, torch.bfloat16):
+            feature = feature.float()
         boxes = [b.to(feature.dtype) for b in boxes]
         size = (self.resolution, self.resolution)
         if self.kind == "roi_pool":
-            return roi_pool(feature, boxes, size, self.spatial_scale)
-        return roi_align(feature, boxes, size, self.spatial_scale, self.sampling_ratio, aligned=True)
+            pooled = roi_pool(feature, boxes, size, self.spatial_scale)
+        else:
+            pooled = roi_align(feature, boxes, size, self.spatial_scale, self.sampling_ratio, aligned=True)
+        return pooled.contiguous(memory_format=torch.channels_last) if self.channels_last else pooled
 
 
 class Res5Head(nn.Module):

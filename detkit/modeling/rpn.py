@@ -145,7 +145,8 @@ class RPN(nn.Module):
         """
         anchors = self.anchor_generator(feature)
         logits, deltas = self.head(feature)
-        proposals = self.predict_proposals(anchors, logits.detach(), deltas.detach(), image_sizes)
+        # float32 even under autocast: decoding in half precision would move boxes by pixels
+        proposals = self.predict_proposals(anchors, logits.detach().float(), deltas.detach().float(), image_sizes)
         losses = {}
         if self.training:
             if targets is None:

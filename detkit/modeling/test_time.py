@@ -123,9 +123,10 @@ def detect(model: FasterRCNN, images: list[Tensor], *, scales: list[int], flip: 
         if mode == "union":
             outputs.append(detect_union(model, image, scales=scales, flip=flip))
         elif mode == "maxout":
-            parts = [detect_maxout(model, image, scales=scales)]
-            if flip:
-                parts.append(unflip(detect_maxout(model, flipped(image), scales=scales), image.shape[-1]))
+            with model.autocast():
+                parts = [detect_maxout(model, image, scales=scales)]
+                if flip:
+                    parts.append(unflip(detect_maxout(model, flipped(image), scales=scales), image.shape[-1]))
             heads = model.roi_heads
             outputs.append(
                 merge_detections(parts, nms_thresh=heads.nms_thresh, max_detections=heads.detections_per_image)

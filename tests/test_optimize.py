@@ -1,0 +1,58 @@
+"""Inference speed-ups (detkit.modeling.optimize): each keeps the detections; AMP keeps boxes in float32."""
+
+import torch
+from torchvision.ops import FrozenBatchNorm2d
+
+from detkit.modeling.optimize import optimize_for_inference
+from detkit.modeling.roi_heads import RoIPooler
+from tests.test_detector import tiny_model
+from tests.test_fold_bn import randomise_frozen_bn
+
+
+def frozen_model():
+    model = tiny_model(["model.backbone.norm=frozen_bn", "model.roi_heads.head=res5", "model.roi_heads.pooler_resolution=8"])
+    randomise_frozen_bn(model)
+    return model.eval()
+
+
+def test_each_switch_keeps_the_detections():
+    image = torch.randint(0, 256, (3, 64, 96), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    with torch.inference_mode():
+        expected = frozen_model()([image])[0]
+    assert len(expected["boxes"]) > 0
+    for switches in [{"fold_bn": True}, {"channels_last": True}, {"fold_bn": True, "channels_last": True}]:
+        model = optimize_for_inference(frozen_model(), **switches)
+        with torch.inference_mode():
+            got = model([image])[0]
+        assert torch.equal(got["labels"], expected["labels"]), switches
+        assert torch.allclose(got["boxes"], expected["boxes"], atol=1e-3), switches
+        assert torch.allclose(got["scores"], expected["scores"], atol=1e-4), switches
+
+
+def test_fold_and_channels_last_change_the_modules():
+    model = optimize_for_inference(frozen_model(), fold_bn=True, channels_last=True)
+    assert not any(isinstance(m, FrozenBatchNorm2d) for m in model.modules())
+    assert model.backbone.conv1.weight.is_contiguous(memory_format=torch.channels_last)
+    assert model.roi_heads.pooler.channels_last and not model.training
+
+
+def test_amp_is_a_no_op_on_cpu():
+    model = optimize_for_inference(frozen_model(), amp=True)
+    assert model.amp_dtype is None  # CUDA only: the same config runs on a CPU unchanged
+
+
+def test_pooling_and_proposals_stay_float32_under_autocast():
+    feature = torch.randn(1, 8, 20, 30)
+    boxes = [torch.tensor([[100.3, 50.7, 301.9, 210.2], [17.0, 33.0, 90.5, 88.25]])]
+    pooler = RoIPooler(kind="roi_align", resolution=4)
+    pooled = pooler(feature.bfloat16(), boxes)
+    assert pooled.dtype == torch.float32
+    # pooling the bf16-rounded map in float32 gives the same: the boxes were not rounded to bf16
+    assert torch.allclose(pooled, pooler(feature.bfloat16().float(), boxes))
+    model = frozen_model()
+    image = torch.randint(0, 256, (3, 64, 96), dtype=torch.uint8)
+    with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16):
+        batch, sizes, _ = model.preprocessor([image])
+        feature = model.backbone(batch).bfloat16()
+        proposals, _ = model.rpn(feature, sizes)  # the RPN head's outputs are bf16 under autocast
+    assert proposals[0].dtype == torch.float32

@@ -1,0 +1,93 @@
+"""detkit's C4 detector against torchvision's FasterRCNN class built with the same parts and weights."""
+
+import pytest
+import torch
+
+from detkit import build_model, load_config
+from detkit.engine.benchmark import calibrated_resnet_weights, same_detections, spread_class_scores
+from detkit.engine.torchvision_reference import build_torchvision_equivalent, torchvision_detections
+from detkit.errors import UserError
+from detkit.modeling.optimize import optimize_for_inference
+
+
+@pytest.fixture(scope="module")
+def r18_weights(tmp_path_factory):
+    path = tmp_path_factory.mktemp("weights") / "resnet18_calibrated.pth"
+    calibrated_resnet_weights(18, path)
+    return path
+
+
+def c4_config(weights, extra=()):
+    return load_config(None, [
+        "model.num_classes=5",
+        "model.backbone.depth=18",
+        f"model.backbone.weights={weights}",
+        "model.backbone.norm=frozen_bn",
+        "model.rpn.anchor_sizes=[32,64,128]",
+        "model.rpn.pre_nms_topk_test=400",
+        "model.rpn.post_nms_topk_test=40",
+        "input.min_size_test=160",
+        "input.max_size_test=400",
+        *extra,
+    ])
+
+
+def detector_and_reference(weights, extra=()):
+    cfg = c4_config(weights, extra)
+    torch.manual_seed(0)
+    model = build_model(cfg).eval()
+    image = torch.randint(0, 256, (3, 160, 213), dtype=torch.uint8, generator=torch.Generator().manual_seed(1))
+    spread_class_scores(model, image)
+    return cfg, model, build_torchvision_equivalent(model, cfg), image
+
+
+@pytest.mark.parametrize("pooler", ["roi_pool", "roi_align"])
+def test_same_detections_as_torchvision(r18_weights, pooler):
+    _, model, reference, image = detector_and_reference(r18_weights, [f"model.roi_heads.pooler={pooler}"])
+    with torch.inference_mode():
+        ours = model([image])[0]
+        theirs = torchvision_detections(reference, image)
+    assert len(ours["boxes"]) >= 10  # the comparison covers real post-processing, not two empty sets
+    same, worst_iou = same_detections(ours, theirs)
+    assert same, worst_iou
+    assert len(ours["boxes"]) == len(theirs["boxes"])
+
+
+def test_speedups_keep_torchvision_detections(r18_weights):
+    cfg, model, reference, image = detector_and_reference(r18_weights)
+    optimize_for_inference(model, fold_bn=True, channels_last=True)
+    assert model.roi_heads.pooler.channels_last and model.preprocessor.channels_last
+    with torch.inference_mode():
+        same, worst_iou = same_detections(model([image])[0], torchvision_detections(reference, image))
+    assert same, worst_iou
+
+
+def test_reference_refuses_what_torchvision_lacks(r18_weights):
+    for extra in (["model.roi_heads.head=fc"], ["model.roi_heads.global_context=true"], ["model.backbone.norm=bn"]):
+        cfg = c4_config(r18_weights, extra)
+        with pytest.raises(UserError, match="torchvision"):
+            build_torchvision_equivalent(build_model(cfg), cfg)
+
+
+def test_reference_needs_unfolded_bn(r18_weights):
+    cfg = c4_config(r18_weights)
+    model = optimize_for_inference(build_model(cfg), fold_bn=True)
+    with pytest.raises(ValueError, match="before folding"):
+        build_torchvision_equivalent(model, cfg)
+
+
+def test_same_detections_tolerates_only_ties_at_the_cut():
+    boxes = torch.tensor([[0.0, 0, 10, 10], [20, 20, 40, 40], [50, 50, 60, 70]])
+    a = {"boxes": boxes, "scores": torch.tensor([0.9, 0.5, 0.1]), "labels": torch.tensor([0, 1, 2])}
+    assert same_detections(a, a)[0]
+    # the lowest-scored detection missing from one side: a float-level tie at the top-N cut is allowed ...
+    b = {k: v[:2] for k, v in a.items()}
+    b_tie = {**b, "scores": torch.tensor([0.9, 0.1005])}
+    a_tie = {**a, "scores": torch.tensor([0.9, 0.1005, 0.1])}
+    assert same_detections(a_tie, {**b_tie, "boxes": a["boxes"][:2], "labels": a["labels"][:2]})[0]
+    # ... but not a confident one, a moved box or another label
+    assert not same_detections(a, {k: v[1:] for k, v in a.items()})[0]
+    moved = {**a, "boxes": boxes + torch.tensor([1.0, 0, 1, 0])}
+    assert not same_detections(a, moved)[0]
+    relabelled = {**a, "labels": torch.tensor([0, 2, 2])}
+    assert not same_detections(a, relabelled)[0]
