@@ -79,3 +79,27 @@ def test_reproducible_under_numpy_seed():
     for a, b in zip(*runs):
         assert all(np.array_equal(x, y) for x, y in zip(a, b))
     assert len({r[0].shape for r in runs[0]}) > 1  # the sizes do vary
+
+
+def test_random_crop_keeps_boxes_on_their_pixels_and_drops_slivers():
+    t = build_train_transform(min_sizes=[120], max_size=1000, hflip_prob=0.0, color_jitter=0.0, crop_size=80,
+                              crop_min_visible=0.5)
+    image, boxes, labels = _scene()
+    seen_none = False
+    for seed in range(40):
+        np.random.seed(seed)
+        out, out_boxes, out_labels = t(image, boxes, labels)
+        assert out.shape == (80, 80, 3)
+        for box, label in zip(out_boxes, out_labels):
+            colour = MAGENTA if label == 4 else (0, 255, 255)
+            # the clipped box is exactly the object's visible pixels in the crop
+            np.testing.assert_allclose(box, _region(out, colour), atol=1.0)
+            full = boxes[list(labels).index(label)]
+            assert (box[2] - box[0]) * (box[3] - box[1]) >= 0.5 * (full[2] - full[0]) * (full[3] - full[1]) - 1e-3
+        seen_none |= len(out_labels) == 0
+    assert seen_none  # crops far from both objects (or keeping slivers only) occur and yield no boxes
+    # an image smaller than the crop is kept whole
+    np.random.seed(0)
+    small, small_boxes, _ = build_train_transform(min_sizes=[60], max_size=1000, hflip_prob=0.0, color_jitter=0.0,
+                                                  crop_size=200)(image, boxes, labels)
+    assert small.shape == (60, 100, 3) and len(small_boxes) == 2
