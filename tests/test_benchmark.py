@@ -35,7 +35,7 @@ def test_benchmark_compares_with_torchvision(tmp_path):
     assert set(compare["times"]) == {"detkit", "detkit_no_speedups", "torchvision"}
     assert compare["ratio"] > 0 and compare["torchvision_count"] > 0
     for check in compare["checks"].values():
-        assert check["same_detections"] is True and check["count"] == compare["torchvision_count"]
+        assert check["same"] is True and check["counts"][1] == compare["torchvision_count"]
     assert "detkit / torchvision time" in stdout
 
 

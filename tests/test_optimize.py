@@ -1,5 +1,6 @@
 """Inference speed-ups (detkit.modeling.optimize): each keeps the detections; AMP keeps boxes in float32."""
 
+import pytest
 import torch
 from torchvision.ops import FrozenBatchNorm2d
 
@@ -56,3 +57,14 @@ def test_pooling_and_proposals_stay_float32_under_autocast():
         feature = model.backbone(batch).bfloat16()
         proposals, _ = model.rpn(feature, sizes)  # the RPN head's outputs are bf16 under autocast
     assert proposals[0].dtype == torch.float32
+
+
+@pytest.mark.slow
+def test_compile_keeps_the_detections():
+    image = torch.randint(0, 256, (3, 64, 96), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    with torch.inference_mode():
+        expected = frozen_model()([image])[0]
+        got = optimize_for_inference(frozen_model(), compile=True)([image])[0]
+    assert torch.equal(got["labels"], expected["labels"])
+    assert torch.allclose(got["boxes"], expected["boxes"], atol=1e-3)
+    assert torch.allclose(got["scores"], expected["scores"], atol=1e-4)

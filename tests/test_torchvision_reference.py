@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from detkit import build_model, load_config
-from detkit.engine.benchmark import calibrated_resnet_weights, same_detections, spread_class_scores
+from detkit.engine.benchmark import calibrated_resnet_weights, compare_detections, spread_class_scores
 from detkit.engine.torchvision_reference import build_torchvision_equivalent, torchvision_detections
 from detkit.errors import UserError
 from detkit.modeling.optimize import optimize_for_inference
@@ -48,8 +48,9 @@ def test_same_detections_as_torchvision(r18_weights, pooler):
         ours = model([image])[0]
         theirs = torchvision_detections(reference, image)
     assert len(ours["boxes"]) >= 10  # the comparison covers real post-processing, not two empty sets
-    same, worst_iou = same_detections(ours, theirs)
-    assert same, worst_iou
+    # the same computation in the same order: float-level agreement, far inside the benchmark's tolerances
+    check = compare_detections(ours, theirs, min_iou=0.999, score_tol=1e-3)
+    assert check["same"], check
     assert len(ours["boxes"]) == len(theirs["boxes"])
 
 
@@ -58,8 +59,8 @@ def test_speedups_keep_torchvision_detections(r18_weights):
     optimize_for_inference(model, fold_bn=True, channels_last=True)
     assert model.roi_heads.pooler.channels_last and model.preprocessor.channels_last
     with torch.inference_mode():
-        same, worst_iou = same_detections(model([image])[0], torchvision_detections(reference, image))
-    assert same, worst_iou
+        check = compare_detections(model([image])[0], torchvision_detections(reference, image))
+    assert check["same"], check
 
 
 def test_reference_refuses_what_torchvision_lacks(r18_weights):
@@ -76,18 +77,16 @@ def test_reference_needs_unfolded_bn(r18_weights):
         build_torchvision_equivalent(model, cfg)
 
 
-def test_same_detections_tolerates_only_ties_at_the_cut():
+def test_compare_detections_tolerates_only_ties_at_the_cut():
     boxes = torch.tensor([[0.0, 0, 10, 10], [20, 20, 40, 40], [50, 50, 60, 70]])
     a = {"boxes": boxes, "scores": torch.tensor([0.9, 0.5, 0.1]), "labels": torch.tensor([0, 1, 2])}
-    assert same_detections(a, a)[0]
-    # the lowest-scored detection missing from one side: a float-level tie at the top-N cut is allowed ...
-    b = {k: v[:2] for k, v in a.items()}
-    b_tie = {**b, "scores": torch.tensor([0.9, 0.1005])}
-    a_tie = {**a, "scores": torch.tensor([0.9, 0.1005, 0.1])}
-    assert same_detections(a_tie, {**b_tie, "boxes": a["boxes"][:2], "labels": a["labels"][:2]})[0]
-    # ... but not a confident one, a moved box or another label
-    assert not same_detections(a, {k: v[1:] for k, v in a.items()})[0]
-    moved = {**a, "boxes": boxes + torch.tensor([1.0, 0, 1, 0])}
-    assert not same_detections(a, moved)[0]
-    relabelled = {**a, "labels": torch.tensor([0, 2, 2])}
-    assert not same_detections(a, relabelled)[0]
+    assert compare_detections(a, a) == {"same": True, "worst_iou": 1.0, "max_score_diff": 0.0, "counts": (3, 3)}
+    # the lowest-scored detection missing from one side: a tie at the top-N cut is allowed ...
+    assert compare_detections(a, {k: v[:2] for k, v in a.items()})["same"]
+    # ... but not a confident one missing, a moved box, another label or another score
+    assert not compare_detections(a, {k: v[1:] for k, v in a.items()})["same"]
+    moved = compare_detections(a, {**a, "boxes": boxes + torch.tensor([1.0, 0, 1, 0])})
+    assert not moved["same"] and moved["worst_iou"] < 0.99
+    assert not compare_detections(a, {**a, "labels": torch.tensor([0, 2, 2])})["same"]
+    rescored = compare_detections(a, {**a, "scores": torch.tensor([0.9, 0.4, 0.1])})
+    assert not rescored["same"] and abs(rescored["max_score_diff"] - 0.1) < 1e-6

@@ -22,7 +22,7 @@ from detkit.engine.benchmark import (
     calibrated_resnet_weights,
     count_flops,
     matmul_gflops,
-    same_detections,
+    compare_detections,
     spread_class_scores,
     time_inference,
     time_interleaved,
@@ -103,9 +103,11 @@ def main() -> None:
         b.depth, size, size * 4 // 3, device=model.device, warmup=args.warmup, runs=args.runs
     )
     results["ratio_to_trunk"] = results["inference"]["total"]["median_ms"] / results["torchvision_trunk"]["median_ms"]
+    results["images_per_s"] = 1000.0 / results["inference"]["total"]["median_ms"]
     print_table([(f"detkit {name}", t) for name, t in results["inference"].items()]
                 + [(f"torchvision resnet{b.depth} conv1..conv5", results["torchvision_trunk"])])
 
+    print(f"inference: {results['images_per_s']:.2f} images/s (one image per call)")
     flops = count_flops(lambda: model([image]))
     rate = matmul_gflops(device=model.device)
     achieved = flops / (results["inference"]["total"]["median_ms"] / 1000) / 1e9
@@ -125,18 +127,16 @@ def main() -> None:
             },
             device=model.device, warmup=args.warmup, runs=args.runs,
         )
-        checks = {}
-        for name, dets in [("detkit", ours), ("detkit_no_speedups", ours_plain)]:
-            same, worst = same_detections(dets, theirs)
-            checks[name] = {"same_detections": same, "worst_iou": worst, "count": len(dets["boxes"])}
+        checks = {name: compare_detections(dets, theirs) for name, dets in [("detkit", ours), ("detkit_no_speedups", ours_plain)]}
         ratio = times["detkit"]["median_ms"] / times["torchvision"]["median_ms"]
         results["compare_torchvision"] = {"times": times, "ratio": ratio, "checks": checks,
                                           "torchvision_count": len(theirs["boxes"])}
         print(f"\nwhole detector, taking turns, {args.runs} runs after {args.warmup} warm-up:")
         print_table([(name, t) for name, t in times.items()])
         for name, c in checks.items():
-            print(f"{name} vs torchvision: same detections: {c['same_detections']} ({c['count']} vs "
-                  f"{len(theirs['boxes'])}, worst IoU with its counterpart {c['worst_iou']:.5f})")
+            print(f"{name} vs torchvision: same detections: {c['same']} ({c['counts'][0]} vs {c['counts'][1]}; "
+                  f"worst IoU with its counterpart {c['worst_iou']:.4f}, largest score difference "
+                  f"{c['max_score_diff']:.1e})")
         print(f"detkit / torchvision time: {ratio:.2f}  (no speed-ups: "
               f"{times['detkit_no_speedups']['median_ms'] / times['torchvision']['median_ms']:.2f})")
 
