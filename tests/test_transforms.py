@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from detkit.data.transforms import build_train_transform, resize_shortest_edge_size
+from detkit.data.transforms import TrainTransform, resize_shortest_edge_size
 
 MAGENTA = (255, 0, 255)
 
@@ -33,7 +33,7 @@ def test_resize_shortest_edge_size():
 @pytest.mark.parametrize("flip", [0.0, 1.0])
 def test_boxes_follow_the_image(flip):
     np.random.seed(0)
-    t = build_train_transform(min_sizes=[90, 150], max_size=400, hflip_prob=flip, color_jitter=0.0)
+    t = TrainTransform(min_sizes=[90, 150], max_size=400, hflip_prob=flip, color_jitter=0.0)
     for _ in range(4):
         image, boxes, labels = _scene()
         out, out_boxes, out_labels = t(image, boxes, labels)
@@ -48,7 +48,7 @@ def test_boxes_follow_the_image(flip):
 
 def test_colour_jitter_keeps_geometry_and_inputs():
     np.random.seed(1)
-    t = build_train_transform(min_sizes=[120], max_size=1000, hflip_prob=0.0, color_jitter=0.4)
+    t = TrainTransform(min_sizes=[120], max_size=1000, hflip_prob=0.0, color_jitter=0.4)
     image, boxes, labels = _scene()
     before = (image.copy(), boxes.copy(), labels.copy())
     out, out_boxes, _ = t(image, boxes, labels)
@@ -59,7 +59,7 @@ def test_colour_jitter_keeps_geometry_and_inputs():
 
 
 def test_degenerate_and_empty_boxes():
-    t = build_train_transform(min_sizes=[50], max_size=1000, hflip_prob=0.5, color_jitter=0.0)
+    t = TrainTransform(min_sizes=[50], max_size=1000, hflip_prob=0.5, color_jitter=0.0)
     image = np.zeros((100, 200, 3), np.uint8)
     boxes = np.array([[10, 10, 11.5, 60], [-20, 5, 40, 50], [190, 0, 260, 30], [0, 0, 0, 10]], np.float32)
     _, out_boxes, out_labels = t(image, boxes, np.array([0, 1, 2, 3]))
@@ -71,7 +71,7 @@ def test_degenerate_and_empty_boxes():
 
 
 def test_reproducible_under_numpy_seed():
-    t = build_train_transform(min_sizes=[60, 80, 100], max_size=1000, hflip_prob=0.5, color_jitter=0.3)
+    t = TrainTransform(min_sizes=[60, 80, 100], max_size=1000, hflip_prob=0.5, color_jitter=0.3)
     runs = []
     for _ in range(2):
         np.random.seed(123)
@@ -82,7 +82,7 @@ def test_reproducible_under_numpy_seed():
 
 
 def test_random_crop_keeps_boxes_on_their_pixels_and_drops_slivers():
-    t = build_train_transform(min_sizes=[120], max_size=1000, hflip_prob=0.0, color_jitter=0.0, crop_size=80,
+    t = TrainTransform(min_sizes=[120], max_size=1000, hflip_prob=0.0, color_jitter=0.0, crop_size=80,
                               crop_min_visible=0.5)
     image, boxes, labels = _scene()
     seen_none = False
@@ -100,6 +100,6 @@ def test_random_crop_keeps_boxes_on_their_pixels_and_drops_slivers():
     assert seen_none  # crops far from both objects (or keeping slivers only) occur and yield no boxes
     # an image smaller than the crop is kept whole
     np.random.seed(0)
-    small, small_boxes, _ = build_train_transform(min_sizes=[60], max_size=1000, hflip_prob=0.0, color_jitter=0.0,
+    small, small_boxes, _ = TrainTransform(min_sizes=[60], max_size=1000, hflip_prob=0.0, color_jitter=0.0,
                                                   crop_size=200)(image, boxes, labels)
     assert small.shape == (60, 100, 3) and len(small_boxes) == 2

@@ -4,7 +4,7 @@ Each entry is a mapping with a `format` and that format's keys (FORMATS below):
     {format: coco, images: IMAGE_DIR, annotations: JSON}             optional: filter_empty
     {format: voc, root: .../VOC2007, split: trainval}                optional: keep_difficult
     {format: shapes, split: train|test}                              optional: num_images, seed
-Training datasets get `build_train_transform` from `input.*`; test datasets no transform at all
+Training datasets get `TrainTransform` from `input.*`; test datasets no transform at all
 (the model resizes test images itself).
 """
 
@@ -16,7 +16,7 @@ import torch
 
 from detkit.data.coco import COCODataset
 from detkit.data.shapes import SPLITS, ensure_shapes
-from detkit.data.transforms import build_train_transform
+from detkit.data.transforms import TrainTransform
 from detkit.errors import UserError
 
 # format -> (required keys, optional keys); `format` itself is implied.
@@ -80,7 +80,7 @@ def build_dataset(spec: dict, *, cfg: Any, is_train: bool, name: str = "dataset"
     transform = None
     if is_train:
         inp = cfg["input"]
-        transform = build_train_transform(
+        transform = TrainTransform(
             min_sizes=list(inp["min_size_train"]),
             max_size=inp["max_size_train"],
             hflip_prob=inp["hflip_prob"],

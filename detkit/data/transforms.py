@@ -70,8 +70,11 @@ def _valid(boxes: np.ndarray, min_size: float = 1.0) -> np.ndarray:
 
 
 class TrainTransform:
-    """Random shortest-edge resize, a random `crop_size` window (0: none), then an albumentations pipeline
-    (flip, jitter) on pascal_voc boxes.
+    """The training transform of `input.*`: short side drawn from `min_sizes`, long side <= `max_size`,
+    a random `crop_size` square window (0: no crop; boxes keeping less than `crop_min_visible` of their
+    area dropped), then an albumentations pipeline on pascal_voc boxes: horizontal flip with probability
+    `hflip_prob`, brightness/contrast/saturation jitter of strength `color_jitter` (factors drawn from
+    [1 - s, 1 + s]; 0 turns it off).
 
     Randomness comes from numpy's global RNG only (the resize choice and a fresh seed for the
     albumentations pipeline on every call), so seeding `np.random` reproduces the augmentation;
@@ -135,26 +138,3 @@ class TrainTransform:
         labels = np.asarray(out["labels"], dtype=np.int64).reshape(-1)
         keep = _valid(boxes)
         return np.ascontiguousarray(out["image"]), boxes[keep], labels[keep]
-
-
-def build_train_transform(
-    *,
-    min_sizes: list[int],
-    max_size: int,
-    hflip_prob: float,
-    color_jitter: float,
-    crop_size: int = 0,
-    crop_min_visible: float = 0.5,
-) -> TrainTransform:
-    """The training transform of `input.*`: short side drawn from `min_sizes`, long side <= `max_size`,
-    a random `crop_size` square window (0: no crop; boxes keeping less than `crop_min_visible` of their
-    area dropped), horizontal flip with probability `hflip_prob`, brightness/contrast/saturation jitter
-    of strength `color_jitter` (factors drawn from [1 - s, 1 + s]; 0 turns it off)."""
-    return TrainTransform(
-        min_sizes=min_sizes,
-        max_size=max_size,
-        hflip_prob=hflip_prob,
-        color_jitter=color_jitter,
-        crop_size=crop_size,
-        crop_min_visible=crop_min_visible,
-    )
