@@ -64,7 +64,7 @@ def test_compile_keeps_the_detections():
     image = torch.randint(0, 256, (3, 64, 96), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
     with torch.inference_mode():
         expected = frozen_model()([image])[0]
-        got = optimize_for_inference(frozen_model(), compile=True)([image])[0]
+        got = optimize_for_inference(frozen_model(), torch_compile=True)([image])[0]
     assert torch.equal(got["labels"], expected["labels"])
     assert torch.allclose(got["boxes"], expected["boxes"], atol=1e-3)
     assert torch.allclose(got["scores"], expected["scores"], atol=1e-4)

@@ -109,7 +109,7 @@ def load_detector(cfg, weights: str | Path | None, *, class_names: list[str] | N
         model,
         fold_bn=cfg.test.fold_bn,
         channels_last=cfg.model.channels_last,
-        compile=cfg.test.compile,
+        torch_compile=cfg.test.compile,
         amp=cfg.test.amp,
     )
     return model, list(names) if names else [f"class_{i}" for i in range(num_classes)]

@@ -16,6 +16,7 @@ switch keeps the detections.
 """
 
 import torch
+
 from detkit.modeling.detector import FasterRCNN
 from detkit.modeling.fold_bn import fold_frozen_bn
 from detkit.modeling.roi_heads import RoIPooler
@@ -26,7 +27,7 @@ def optimize_for_inference(
     *,
     fold_bn: bool = False,
     channels_last: bool = False,
-    compile: bool = False,
+    torch_compile: bool = False,
     amp: bool = False,
 ) -> FasterRCNN:
     """Apply the switched-on speed-ups to `model` in place (weights must already be loaded); returns it in eval mode."""
@@ -37,7 +38,7 @@ def optimize_for_inference(
         fold_frozen_bn(model)
     if channels_last:
         use_channels_last(model)
-    if compile:
+    if torch_compile:
         model.backbone = torch.compile(model.backbone, dynamic=False)
         model.roi_heads.box_head = torch.compile(model.roi_heads.box_head, dynamic=True)
     return model
