@@ -178,7 +178,7 @@ def compare_detections(a: dict, b: dict, *, min_iou: float = 0.99, score_tol: fl
     lowest kept scores: a float-level difference may decide which of two nearly tied detections makes the
     top-N cut. The tolerances are not float epsilons because, with roi_pool, a box moved by a float-level
     amount can cross an integer bin boundary and pool a slightly different region (measured on R101 at
-    800 px: scores move by up to ~0.03 after folding BN). Returns {"same", "worst_iou", "max_score_diff",
+    800 px: scores move by up to ~0.03 with BN folded and channels-last layout together). Returns {"same", "worst_iou", "max_score_diff",
     "counts"}: the worst IoU and the largest score difference over the detections that must match, each
     paired with its best same-label counterpart.
     """
