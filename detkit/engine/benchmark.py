@@ -54,15 +54,16 @@ def time_inference(model: FasterRCNN, image: torch.Tensor, *, warmup: int = 1, r
         batch, sizes, _ = model.preprocessor([image])
         _sync(device)
         marks.append(time.perf_counter())
-        feature = model.backbone(batch)
-        _sync(device)
-        marks.append(time.perf_counter())
-        proposals, _ = model.rpn(feature, sizes)
-        _sync(device)
-        marks.append(time.perf_counter())
-        detections, _ = model.roi_heads(feature, proposals, sizes)
-        _sync(device)
-        marks.append(time.perf_counter())
+        with model.autocast():  # the stages run as FasterRCNN.inference runs them (AMP when switched on)
+            feature = model.backbone(batch)
+            _sync(device)
+            marks.append(time.perf_counter())
+            proposals, _ = model.rpn(feature, sizes)
+            _sync(device)
+            marks.append(time.perf_counter())
+            detections, _ = model.roi_heads(feature, proposals, sizes)
+            _sync(device)
+            marks.append(time.perf_counter())
         model.preprocessor.postprocess(detections, sizes, [tuple(image.shape[-2:])])
         _sync(device)
         marks.append(time.perf_counter())
@@ -178,9 +179,9 @@ def compare_detections(a: dict, b: dict, *, min_iou: float = 0.99, score_tol: fl
     lowest kept scores: a float-level difference may decide which of two nearly tied detections makes the
     top-N cut. The tolerances are not float epsilons because, with roi_pool, a box moved by a float-level
     amount can cross an integer bin boundary and pool a slightly different region (measured on R101 at
-    800 px: scores move by up to ~0.03 with BN folded and channels-last layout together). Returns {"same", "worst_iou", "max_score_diff",
-    "counts"}: the worst IoU and the largest score difference over the detections that must match, each
-    paired with its best same-label counterpart.
+    800 px: scores move by up to ~0.03 with BN folded and channels-last layout together).
+    Returns {"same", "worst_iou", "max_score_diff", "counts"}: the worst IoU and the largest score
+    difference over the detections that must match, each paired with its best same-label counterpart.
     """
     worst_iou, max_score_diff = 1.0, 0.0
     counts = (len(a["boxes"]), len(b["boxes"]))

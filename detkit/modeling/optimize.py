@@ -36,7 +36,7 @@ def optimize_for_inference(
         model.amp_dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
     if fold_bn:
         fold_frozen_bn(model)
-    if channels_last:
+    if channels_last:  # after folding: the fused convolutions are new modules in the default layout
         use_channels_last(model)
     if torch_compile:
         model.backbone = torch.compile(model.backbone, dynamic=False)
