@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from detkit.config import load_config
-from detkit.engine.checkpoint import find_last_checkpoint, load_checkpoint, save_checkpoint
+from detkit.checkpoint.io import find_last_checkpoint, load_checkpoint, save_checkpoint
 from detkit.engine.schedule import lr_at
 from detkit.engine.train import train
 from detkit.errors import UserError

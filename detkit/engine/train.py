@@ -17,7 +17,7 @@ from tqdm import tqdm
 
 from detkit.data.build import build_datasets
 from detkit.data.loader import build_train_loader
-from detkit.engine.checkpoint import (
+from detkit.checkpoint.io import (
     checkpoint_name,
     find_last_checkpoint,
     get_rng_state,

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import torch
 
-from detkit.engine.checkpoint import load_checkpoint, load_model_weights
+from detkit.checkpoint.io import load_checkpoint, load_model_weights
 from detkit.errors import UserError
 from detkit.modeling.backbone.resnet import build_resnet_c4
 from detkit.modeling.detector import FasterRCNN, ImagePreprocessor

@@ -1,4 +1,4 @@
-"""Checkpoints: written atomically, read with `torch.load(weights_only=True)` only.
+"""Detkit checkpoints: written atomically, read with `torch.load(weights_only=True)` only.
 
 A checkpoint is a dict with at least `model` (a state_dict). Training checkpoints add `optimizer`,
 `iteration` (the number of finished iterations), `rng` (python, numpy, torch and CUDA generator
