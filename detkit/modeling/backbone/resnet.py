@@ -29,6 +29,7 @@ import torchvision
 from torch import Tensor, nn
 from torchvision.ops import FrozenBatchNorm2d
 
+from detkit.checkpoint.formats import file_kind, read_caffe2_backbone
 from detkit.errors import UserError
 
 # Blocks per stage (res2..res5) for each depth (ResNet paper, Table 1).
@@ -375,6 +376,15 @@ def load_resnet_weights(model: ResNet, weights: str | None, *, depth: int) -> No
         _load_checked(model, state_dict, f"ImageNet weights file {path}")
         return
     path = Path(weights).expanduser()
+    if path.is_file() and file_kind(path) == "pickle":  # by content: an MSRA/Caffe2 ImageNet .pkl
+        if not model.stride_in_1x1:
+            raise UserError(
+                f"{path} is an MSRA/Caffe2 ResNet, trained with the stride in the first 1x1 conv of each "
+                f"downsampling block: set model.backbone.stride_in_1x1=true (and model.pixel_std=[{1 / 255!r}, "
+                f"{1 / 255!r}, {1 / 255!r}]: these weights take 0-255 pixels minus the mean)"
+            )
+        _load_checked(model, read_caffe2_backbone(path, depth=depth).model, f"MSRA/Caffe2 weights file {path}")
+        return
     _load_checked(model, _read_state_dict(path), f"backbone weights file {path}")
 
 
