@@ -4,7 +4,7 @@ detkit ResNet state_dicts, through an explicit name table.
 The file is a pickle of `{blob name: numpy array}` (Detectron-1 detection files wrap it as `{"blobs": ...}`),
 written by Python 2. Its names, and what each becomes (detkit's ResNet keeps torchvision's names):
 
-    conv1_w                    conv1.weight                       stem 7x7 conv; input channels BGR -> RGB
+    conv1_w                    conv1.weight                       stem 7x7 conv (BGR input; reversed for RGB)
     res_conv1_bn_{s,b}         bn1.{weight,bias}
     res<S>_<B>_branch2a_w      layer<S-1>.<B>.conv1.weight        1x1 reduce
     res<S>_<B>_branch2a_bn_*   layer<S-1>.<B>.bn1.*
@@ -24,11 +24,12 @@ layer gets weight = s, bias = b, mean = 0 and var = 1 - eps, which makes var + e
 for eps = 1e-5 (checked below): the same numbers detectron2's FrozenBatchNorm2d starts from and keeps
 when it loads these files (detectron2/layers/batch_norm.py).
 
-Input convention: MSRA trained on BGR images in 0-255 minus the per-channel mean, unscaled. detkit feeds
-RGB, so conv1's input channels are reversed here; the config must normalise like MSRA did,
-`model.pixel_mean` = [0.485, 0.456, 0.406] (= 123.675, 116.28, 103.53 over 255, RGB) and
-`model.pixel_std` = [1/255] * 3. These ResNets also stride the first 1x1 conv of a downsampling block,
-not the 3x3 (detectron2's RESNETS.STRIDE_IN_1X1 = True for them), so the model must be built that way.
+Input convention: MSRA trained on BGR images in 0-255 minus the per-channel mean [103.53, 116.28, 123.675],
+unscaled (detectron2's PIXEL_MEAN / PIXEL_STD = [1, 1, 1] for these weights). A model fed RGB
+(`model.input_format`) gets conv1's input channels reversed, so either order computes the same
+function; the normalisation is the config's to match (see README, "Model zoo"). These ResNets also
+stride the first 1x1 conv of a downsampling block, not the 3x3 (detectron2's RESNETS.STRIDE_IN_1X1 =
+True for them): the model must be built that way (`model.backbone.stride_in_1x1`), which the loader checks.
 """
 
 import numpy as np
@@ -81,6 +82,11 @@ def looks_like_caffe2_resnet(blobs: dict) -> bool:
     return "conv1_w" in blobs and "res2_0_branch2a_w" in blobs
 
 
+def caffe2_depth(blobs: dict) -> int | None:
+    """The depth whose table the blob names fit (dropped blobs aside), or None."""
+    return _depth_of({k for k in blobs if k not in DROPPED and not k.endswith("_momentum")})
+
+
 def _depth_of(names: set[str]) -> int | None:
     """The depth whose table names exactly `names`, if any (to name the right depth in an error)."""
     for depth in CAFFE2_STAGE_BLOCKS:
@@ -89,8 +95,11 @@ def _depth_of(names: set[str]) -> int | None:
     return None
 
 
-def caffe2_to_detkit(blobs: dict, *, depth: int, source: str) -> tuple[dict[str, Tensor], list[tuple[str, str]]]:
-    """Convert MSRA Caffe2 blobs to a detkit ResNet-`depth` state_dict.
+def caffe2_to_detkit(
+    blobs: dict, *, depth: int, source: str, input_format: str = "BGR"
+) -> tuple[dict[str, Tensor], list[tuple[str, str]]]:
+    """Convert MSRA Caffe2 blobs to a detkit ResNet-`depth` state_dict for a model fed `input_format`
+    ("BGR": conv1 as in the file, as detectron2 runs it; "RGB": conv1's input channels reversed).
 
     Returns (state_dict with float32 tensors, including BN running_mean/running_var; the (Caffe2 name,
     detkit name) pairs applied, dropped blobs as (name, "dropped")). Raises a one-line `UserError` naming
@@ -129,7 +138,7 @@ def caffe2_to_detkit(blobs: dict, *, depth: int, source: str) -> tuple[dict[str,
         if tuple(value.shape) != shape:
             raise UserError(f"{source}: blob {c2!r} has shape {tuple(value.shape)}, expected {shape} for {name}")
         tensor = torch.from_numpy(np.array(value, dtype=np.float32))  # a copy: writable, owned, float32
-        if c2 == "conv1_w":
+        if c2 == "conv1_w" and input_format == "RGB":
             tensor = tensor.flip(1).contiguous()  # (64, 3, 7, 7): input channels BGR -> RGB
         state[name] = tensor
         if c2.endswith("_bn_s"):

@@ -21,9 +21,10 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from detkit.checkpoint.caffe2 import caffe2_to_detkit, looks_like_caffe2_resnet, unwrap_caffe2_blobs
-from detkit.checkpoint.safe_pickle import load_pickle
+from detkit.checkpoint.caffe2 import caffe2_depth, caffe2_to_detkit, looks_like_caffe2_resnet, unwrap_caffe2_blobs
 from detkit.checkpoint.coco_categories import COCO_CATEGORY_IDS, COCO_CLASS_NAMES
+from detkit.checkpoint.detectron2 import detectron2_to_detkit, name_table
+from detkit.checkpoint.safe_pickle import load_pickle
 from detkit.errors import UserError
 
 ZIP_MAGIC = b"PK\x03\x04"  # torch.save's default (zip) format
@@ -87,9 +88,18 @@ def _tensors_only(state: dict, source: str) -> dict[str, Tensor]:
 
 
 def _from_detectron2(state: dict[str, Tensor], *, cfg, source: str) -> Weights:
-    from detkit.checkpoint.detectron2 import detectron2_to_detkit  # the zoo helper's name table
-
-    model = detectron2_to_detkit(state, cfg=cfg)
+    if callable(cfg):  # a config per depth: the file says which
+        depth = detectron2_depth(state)
+        if depth is None:
+            raise UserError(f"{source}: its detectron2 names are not those of a ResNet-50/101/152 C4 Faster R-CNN")
+        cfg = cfg(depth)
+    if cfg is None:
+        raise UserError(f"{source} is a detectron2 detector: reading it needs the config of the model it holds")
+    try:
+        model = detectron2_to_detkit(state, cfg=cfg)
+    except UserError as e:
+        raise UserError(f"{source}: {e}") from None
+    table = name_table(cfg.model.backbone.depth)
     num_classes = model["roi_heads.predictor.cls_score.weight"].shape[0] - 1
     coco = num_classes == len(COCO_CLASS_NAMES)
     return Weights(
@@ -97,23 +107,36 @@ def _from_detectron2(state: dict[str, Tensor], *, cfg, source: str) -> Weights:
         format="detectron2",
         class_names=list(COCO_CLASS_NAMES) if coco else None,
         category_ids=list(COCO_CATEGORY_IDS) if coco else None,
-        mapping=list(getattr(model, "mapping", [])),
+        mapping=[(d2, table.get(d2, "dropped")) for d2 in state],
     )
 
 
-def read_detector_weights(path: str | Path, *, cfg) -> Weights:
-    """Read the weights of a whole detector (`model.weights`, `--weights`, `Predictor(weights=)`).
+def _read(path: Path) -> tuple[str, object]:
+    """("torch", what torch.load(weights_only=True) gives) or ("pickle", what the safe unpickler gives)."""
+    if file_kind(path) == "torch":
+        try:
+            return "torch", torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as e:  # corrupt, truncated, or holding objects that weights_only refuses
+            reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise UserError(f"cannot read checkpoint {path}: {reason[:200]} (is the file complete?)") from None
+    return "pickle", load_pickle(path)
 
-    `cfg` says which model the detectron2 names are mapped onto (depth, class count).
+
+def read_weights(path: str | Path, *, cfg=None, depth: int | None = None, input_format: str = "RGB") -> Weights:
+    """Read any supported weights file into detkit names; the format comes from the content.
+
+    cfg: the detector a detectron2 file is mapped onto (depth, anchors, classes); required for those.
+        May be a function of the ResNet depth the file's names spell (tools/convert_weights.py).
+    depth, input_format: for an MSRA/Caffe2 backbone, the ResNet depth expected (None: the depth its
+    blob names spell) and the channel order the model is fed (conv1 is matched to it).
     """
     path = Path(path)
     source = str(path)
-    if file_kind(path) == "torch":
-        state = _load_torch(path)
-        if not isinstance(state, dict):
-            raise UserError(f"{source} holds a {type(state).__name__}, not a checkpoint dict with a 'model' state_dict")
-        if not isinstance(state.get("model"), dict):  # detectron2 also accepts a bare state_dict
-            state = {"model": state}
+    kind, data = _read(path)
+    if kind == "torch":
+        if not isinstance(data, dict):
+            raise UserError(f"{source} holds a {type(data).__name__}, not a checkpoint dict with a 'model' state_dict")
+        state = data if isinstance(data.get("model"), dict) else {"model": data}  # detectron2 accepts bare state_dicts
         model = _tensors_only(state["model"], source)
         if is_detectron2_state(model):
             return _from_detectron2(model, cfg=cfg, source=source)
@@ -124,33 +147,60 @@ def read_detector_weights(path: str | Path, *, cfg) -> Weights:
             category_ids=state.get("category_ids"),
             checkpoint=state,
         )
-    data = load_pickle(path)
     if isinstance(data, dict) and isinstance(data.get("model"), dict) and "__author__" in data:
         return _from_detectron2(_arrays_to_tensors(data["model"], source), cfg=cfg, source=source)
-    if isinstance(data, dict) and looks_like_caffe2_resnet(unwrap_caffe2_blobs(data)):
-        raise UserError(
-            f"{source} is an MSRA/Caffe2 ImageNet backbone, not a detector: "
-            f"give it to model.backbone.weights, not model.weights / --weights"
-        )
-    raise UserError(f"{source} is a pickle but not a detectron2 model-zoo file (a dict with 'model' and '__author__')")
-
-
-def read_caffe2_backbone(path: str | Path, *, depth: int) -> Weights:
-    """An MSRA/Caffe2 ImageNet `.pkl` as a detkit ResNet state_dict (names of `detkit.checkpoint.caffe2`)."""
-    path = Path(path)
-    data = load_pickle(path)
     blobs = unwrap_caffe2_blobs(data) if isinstance(data, dict) else None
-    if blobs is None or not looks_like_caffe2_resnet(blobs):
-        what = "a detectron2 model-zoo detector (give it to model.weights)" if isinstance(data, dict) and "__author__" in data else "not an MSRA/Caffe2 ImageNet ResNet (no conv1_w / res2_0_branch2a_w)"
-        raise UserError(f"backbone weights file {path} is {what}")
-    model, mapping = caffe2_to_detkit(blobs, depth=depth, source=str(path))
-    return Weights(model=model, format="caffe2", mapping=mapping)
+    if blobs is not None and looks_like_caffe2_resnet(blobs):
+        if depth is None:
+            depth = caffe2_depth(blobs) or 50  # a file that fits no table: report against ResNet-50's
+        model, mapping = caffe2_to_detkit(blobs, depth=depth, source=source, input_format=input_format)
+        return Weights(model=model, format="caffe2", mapping=mapping)
+    raise UserError(
+        f"{source} is a pickle of neither known layout: not a detectron2 model-zoo file (a dict with 'model' "
+        f"and '__author__') nor an MSRA/Caffe2 ImageNet ResNet (conv1_w, res2_0_branch2a_w, ...)"
+    )
 
 
-def _load_torch(path: Path):
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # corrupt, truncated, or holding objects that weights_only refuses
-        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise UserError(f"cannot read checkpoint {path}: {reason[:200]} (is the file complete?)") from None
+def read_detector_weights(path: str | Path, *, cfg) -> Weights:
+    """A whole detector's weights (`model.weights`, `--weights`, `Predictor(weights=)`) mapped onto `cfg`."""
+    weights = read_weights(path, cfg=cfg)
+    if weights.format == "caffe2":
+        raise UserError(
+            f"{path} is an MSRA/Caffe2 ImageNet backbone, not a detector: give it to model.backbone.weights"
+        )
+    return weights
 
+
+def read_caffe2_backbone(path: str | Path, *, depth: int, input_format: str = "RGB") -> Weights:
+    """An MSRA/Caffe2 ImageNet `.pkl` as a detkit ResNet-`depth` state_dict (names of
+    `detkit.checkpoint.caffe2`) for a model fed `input_format` images (`model.backbone.weights`)."""
+    weights = read_weights(path, depth=depth, input_format=input_format)
+    if weights.format != "caffe2":
+        raise UserError(
+            f"backbone weights file {path} is a {weights.format} detector, not an MSRA/Caffe2 ImageNet ResNet: "
+            f"give it to model.weights"
+        )
+    return weights
+
+
+def detectron2_depth(state) -> int | None:
+    """The ResNet depth of a detectron2 C4 state, from its number of res4 blocks (6: 50, 23: 101, 36: 152)."""
+    blocks = {name.split(".")[2] for name in state if name.startswith("backbone.res4.")}
+    return {6: 50, 23: 101, 36: 152}.get(len(blocks))
+
+
+def to_checkpoint(weights: Weights, *, source: str | Path) -> dict:
+    """A detkit checkpoint dict of converted weights, for `torch.save` (and `torch.load(weights_only=True)`).
+
+    Detectors: `model`, `class_names`, `category_ids` when known. MSRA backbones: `model` is a ResNet
+    state_dict in torchvision's names and RGB order, as `model.backbone.weights` reads it, with
+    `stride_in_1x1: True` recorded for the reader."""
+    state: dict = {"model": weights.model, "source_format": weights.format, "source": str(source)}
+    if weights.format == "caffe2":
+        state["stride_in_1x1"] = True
+        state["input_format"] = "RGB"
+    if weights.class_names is not None:
+        state["class_names"] = list(weights.class_names)
+    if weights.category_ids is not None:
+        state["category_ids"] = list(weights.category_ids)
+    return state

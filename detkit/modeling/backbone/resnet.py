@@ -341,13 +341,15 @@ def imagenet_weights_path(depth: int) -> tuple[Path, str]:
     return Path(torch.hub.get_dir()) / "checkpoints" / file_name, weights.url
 
 
-def load_resnet_weights(model: ResNet, weights: str | None, *, depth: int) -> None:
+def load_resnet_weights(model: ResNet, weights: str | None, *, depth: int, input_format: str = "RGB") -> None:
     """Load backbone weights into `model` in place; fc.* keys of the file are ignored.
 
     weights: None keeps the MSRA init; "imagenet" takes torchvision's IMAGENET_WEIGHTS for `depth`
     from the torch hub cache (`<torch.hub.get_dir()>/checkpoints/<file>`) or downloads it there;
     any other string is the path of a torchvision-format ResNet state_dict (plain, or under "model"
-    or "state_dict"). Problems with the weights raise a one-line UserError.
+    or "state_dict") or of an MSRA/Caffe2 ImageNet .pkl (told apart by content; see
+    detkit.checkpoint.caffe2), whose conv1 is matched to `input_format` (the model's channel order).
+    Problems with the weights raise a one-line UserError.
     Load before `freeze`, which turns BatchNorm2d layers of frozen stages into FrozenBatchNorm2d.
     """
     if depth != model.depth:
@@ -380,10 +382,10 @@ def load_resnet_weights(model: ResNet, weights: str | None, *, depth: int) -> No
         if not model.stride_in_1x1:
             raise UserError(
                 f"{path} is an MSRA/Caffe2 ResNet, trained with the stride in the first 1x1 conv of each "
-                f"downsampling block: set model.backbone.stride_in_1x1=true (and model.pixel_std=[{1 / 255!r}, "
-                f"{1 / 255!r}, {1 / 255!r}]: these weights take 0-255 pixels minus the mean)"
+                f"downsampling block: set model.backbone.stride_in_1x1=true (README, Model zoo)"
             )
-        _load_checked(model, read_caffe2_backbone(path, depth=depth).model, f"MSRA/Caffe2 weights file {path}")
+        caffe2 = read_caffe2_backbone(path, depth=depth, input_format=input_format)
+        _load_checked(model, caffe2.model, f"MSRA/Caffe2 weights file {path}")
         return
     _load_checked(model, _read_state_dict(path), f"backbone weights file {path}")
 
