@@ -111,15 +111,31 @@ def _from_detectron2(state: dict[str, Tensor], *, cfg, source: str) -> Weights:
     )
 
 
-def _read(path: Path) -> tuple[str, object]:
-    """("torch", what torch.load(weights_only=True) gives) or ("pickle", what the safe unpickler gives)."""
+def _open(path: Path) -> tuple[str, dict]:
+    """(layout, contents) of a weights file: layout "detkit" or "detectron2" with contents
+    {"model": {name: tensor}, ...}, or "caffe2" with contents {blob name: numpy array}."""
+    source = str(path)
     if file_kind(path) == "torch":
         try:
-            return "torch", torch.load(path, map_location="cpu", weights_only=True)
+            data = torch.load(path, map_location="cpu", weights_only=True)
         except Exception as e:  # corrupt, truncated, or holding objects that weights_only refuses
             reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
             raise UserError(f"cannot read checkpoint {path}: {reason[:200]} (is the file complete?)") from None
-    return "pickle", load_pickle(path)
+        if not isinstance(data, dict):
+            raise UserError(f"{source} holds a {type(data).__name__}, not a checkpoint dict with a 'model' state_dict")
+        state = data if isinstance(data.get("model"), dict) else {"model": data}  # detectron2 accepts bare state_dicts
+        _tensors_only(state["model"], source)
+        return ("detectron2" if is_detectron2_state(state["model"]) else "detkit"), state
+    data = load_pickle(path)
+    if isinstance(data, dict) and isinstance(data.get("model"), dict) and "__author__" in data:
+        return "detectron2", {**data, "model": _arrays_to_tensors(data["model"], source)}
+    blobs = unwrap_caffe2_blobs(data) if isinstance(data, dict) else None
+    if blobs is not None and looks_like_caffe2_resnet(blobs):
+        return "caffe2", blobs
+    raise UserError(
+        f"{source} is a pickle of neither known layout: not a detectron2 model-zoo file (a dict with 'model' "
+        f"and '__author__') nor an MSRA/Caffe2 ImageNet ResNet (conv1_w, res2_0_branch2a_w, ...)"
+    )
 
 
 def read_weights(path: str | Path, *, cfg=None, depth: int | None = None, input_format: str = "RGB") -> Weights:
@@ -131,56 +147,53 @@ def read_weights(path: str | Path, *, cfg=None, depth: int | None = None, input_
     blob names spell) and the channel order the model is fed (conv1 is matched to it).
     """
     path = Path(path)
-    source = str(path)
-    kind, data = _read(path)
-    if kind == "torch":
-        if not isinstance(data, dict):
-            raise UserError(f"{source} holds a {type(data).__name__}, not a checkpoint dict with a 'model' state_dict")
-        state = data if isinstance(data.get("model"), dict) else {"model": data}  # detectron2 accepts bare state_dicts
-        model = _tensors_only(state["model"], source)
-        if is_detectron2_state(model):
-            return _from_detectron2(model, cfg=cfg, source=source)
-        return Weights(
-            model=model,
-            format="detkit",
-            class_names=state.get("class_names"),
-            category_ids=state.get("category_ids"),
-            checkpoint=state,
-        )
-    if isinstance(data, dict) and isinstance(data.get("model"), dict) and "__author__" in data:
-        return _from_detectron2(_arrays_to_tensors(data["model"], source), cfg=cfg, source=source)
-    blobs = unwrap_caffe2_blobs(data) if isinstance(data, dict) else None
-    if blobs is not None and looks_like_caffe2_resnet(blobs):
-        if depth is None:
-            depth = caffe2_depth(blobs) or 50  # a file that fits no table: report against ResNet-50's
-        model, mapping = caffe2_to_detkit(blobs, depth=depth, source=source, input_format=input_format)
-        return Weights(model=model, format="caffe2", mapping=mapping)
-    raise UserError(
-        f"{source} is a pickle of neither known layout: not a detectron2 model-zoo file (a dict with 'model' "
-        f"and '__author__') nor an MSRA/Caffe2 ImageNet ResNet (conv1_w, res2_0_branch2a_w, ...)"
+    layout, data = _open(path)
+    if layout == "detectron2":
+        return _from_detectron2(data["model"], cfg=cfg, source=str(path))
+    if layout == "caffe2":
+        return _from_caffe2(data, depth=depth, input_format=input_format, source=str(path))
+    return _from_detkit(data)
+
+
+def _from_detkit(state: dict) -> Weights:
+    return Weights(
+        model=state["model"],
+        format="detkit",
+        class_names=state.get("class_names"),
+        category_ids=state.get("category_ids"),
+        checkpoint=state,
     )
+
+
+def _from_caffe2(blobs: dict, *, depth: int | None, input_format: str, source: str) -> Weights:
+    if depth is None:
+        depth = caffe2_depth(blobs) or 50  # a file that fits no table: reported against ResNet-50's
+    model, mapping = caffe2_to_detkit(blobs, depth=depth, source=source, input_format=input_format)
+    return Weights(model=model, format="caffe2", mapping=mapping)
 
 
 def read_detector_weights(path: str | Path, *, cfg) -> Weights:
     """A whole detector's weights (`model.weights`, `--weights`, `Predictor(weights=)`) mapped onto `cfg`."""
-    weights = read_weights(path, cfg=cfg)
-    if weights.format == "caffe2":
-        raise UserError(
-            f"{path} is an MSRA/Caffe2 ImageNet backbone, not a detector: give it to model.backbone.weights"
-        )
-    return weights
+    path = Path(path)
+    layout, data = _open(path)
+    if layout == "caffe2":
+        raise UserError(f"{path} is an MSRA/Caffe2 ImageNet backbone, not a detector: give it to model.backbone.weights")
+    if layout == "detectron2":
+        return _from_detectron2(data["model"], cfg=cfg, source=str(path))
+    return _from_detkit(data)
 
 
 def read_caffe2_backbone(path: str | Path, *, depth: int, input_format: str = "RGB") -> Weights:
     """An MSRA/Caffe2 ImageNet `.pkl` as a detkit ResNet-`depth` state_dict (names of
     `detkit.checkpoint.caffe2`) for a model fed `input_format` images (`model.backbone.weights`)."""
-    weights = read_weights(path, depth=depth, input_format=input_format)
-    if weights.format != "caffe2":
+    path = Path(path)
+    layout, data = _open(path)
+    if layout != "caffe2":
         raise UserError(
-            f"backbone weights file {path} is a {weights.format} detector, not an MSRA/Caffe2 ImageNet ResNet: "
+            f"backbone weights file {path} is a {layout} detector, not an MSRA/Caffe2 ImageNet ResNet: "
             f"give it to model.weights"
         )
-    return weights
+    return _from_caffe2(data, depth=depth, input_format=input_format, source=str(path))
 
 
 def detectron2_depth(state) -> int | None:
