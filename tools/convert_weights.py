@@ -32,7 +32,7 @@ def main() -> None:
     parser.add_argument("--config", help="model a detectron2 file holds (default: configs/detectron2/..._C4_3x.yaml)")
     parser.add_argument("--verbose", action="store_true", help="print every name mapped, not the first few")
     parser.add_argument("overrides", nargs="*", help="KEY=VALUE config overrides")
-    args = parser.parse_args()
+    args = parser.parse_intermixed_args()  # IN OUT, --config and KEY=VALUE in any order
 
     if args.config:
         cfg = load_config(args.config, args.overrides)

@@ -30,7 +30,6 @@ from detkit.errors import UserError
 ZIP_MAGIC = b"PK\x03\x04"  # torch.save's default (zip) format
 # torch.save's legacy format starts with this pickled magic number (torch/serialization.py, MAGIC_NUMBER)
 LEGACY_TORCH_MAGIC = b"\x80\x02\x8a\x0a\x6c\xfc\x9c\x46\xf9\x20\x6a\xa8\x50\x19"
-PICKLE_PROTOCOL_2_TO_5 = (b"\x80\x02", b"\x80\x03", b"\x80\x04", b"\x80\x05")
 # Names only detectron2's GeneralizedRCNN uses; detkit's are `backbone.conv1`, `backbone.layer1`, `rpn.head`.
 DETECTRON2_MARKERS = ("proposal_generator.", "backbone.stem.", "backbone.res2.")
 
@@ -52,7 +51,7 @@ class Weights:
 
 
 def file_kind(path: str | Path) -> str:
-    """"torch" (torch.save, zip or legacy) or "pickle" (a plain pickle), from the first bytes of `path`."""
+    """"torch" (torch.save, zip or legacy format) or "pickle" (anything else), from the first bytes of `path`."""
     path = Path(path)
     if not path.is_file():
         raise UserError(f"weights file not found: {path}" if not path.exists() else f"weights path is not a file: {path}")
@@ -60,10 +59,7 @@ def file_kind(path: str | Path) -> str:
         head = f.read(len(LEGACY_TORCH_MAGIC))
     if head.startswith(ZIP_MAGIC) or head == LEGACY_TORCH_MAGIC:
         return "torch"
-    if head[:2] in PICKLE_PROTOCOL_2_TO_5 or head[:1] in (b"(", b"}", b"]"):  # protocols 2-5, or 0/1 openings
-        return "pickle"
-    raise UserError(f"{path} is neither a torch checkpoint nor a pickle (first bytes {head[:8]!r}): not a weights file")
-
+    return "pickle"  # anything else: the safe unpickler reads it or says why not (any opcode may open protocol 0)
 
 def is_detectron2_state(names) -> bool:
     return any(name.startswith(DETECTRON2_MARKERS) for name in names)
