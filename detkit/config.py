@@ -20,12 +20,12 @@ DEFAULTS: dict[str, Any] = {
         "num_classes": None,  # foreground classes; null: taken from the first training dataset
         "device": "auto",  # cpu | cuda | auto (cuda when available)
         "channels_last": False,  # NHWC memory format for the convolutions (often faster on GPUs with AMP)
-        "weights": "",  # detkit checkpoint to start the whole detector from (fine-tuning); layers of another shape stay new
+        "weights": "",  # detkit checkpoint or detectron2 .pkl/.pth to start the whole detector from; layers of another shape stay new
         "pixel_mean": [0.485, 0.456, 0.406],  # RGB mean of 0-1 images, the convention of torchvision's weights
         "pixel_std": [0.229, 0.224, 0.225],  # RGB std of 0-1 images, same convention
         "backbone": {
             "depth": 101,  # 18, 34, 50, 101 or 152 (ResNet paper, Table 1)
-            "weights": "imagenet",  # imagenet | path to a torchvision ResNet state_dict | null (MSRA init)
+            "weights": "imagenet",  # imagenet | path to a torchvision ResNet state_dict or MSRA R-50.pkl/R-101.pkl | null (MSRA init)
             "norm": "frozen_bn",  # frozen_bn (fine-tuning) | bn (batch statistics) | gn (GroupNorm, 32 groups)
             "freeze_at": 2,  # 0: train all; 1: freeze conv1; k>=2: freeze conv1 and res2..res(k)
             "preact": False,  # pre-activation units (He et al., Identity Mappings, ECCV 2016)

@@ -181,3 +181,21 @@ def test_convert_weights_bad_input_exits_2_with_one_line(tmp_path):
         assert result.returncode == 2 and message in result.stderr and result.stderr.count("\n") == 1, result.stderr
         assert not (tmp_path / "out.pth").exists()
 
+
+
+def test_predictor_and_fine_tuning_take_detectron2_files(tmp_path, cfg, detkit_state):
+    from detkit.modeling.build import load_detector
+
+    d2 = to_detectron2(detkit_state, cfg)
+    path = tmp_path / "model_final_zoo.pkl"
+    path.write_bytes(pickle.dumps({"model": {k: v.numpy() for k, v in d2.items()}, "__author__": "Detectron2 Model Zoo"}))
+    model, names = load_detector(cfg, path)
+    assert names == COCO_CLASS_NAMES
+    assert torch.equal(model.state_dict()["roi_heads.predictor.cls_score.weight"], detkit_state["roi_heads.predictor.cls_score.weight"])
+    # model.weights: fine-tuning to 20 classes keeps everything but the class-specific predictor
+    voc = load_config(None, [o for o in OVERRIDES if not o.startswith("model.num_classes")]
+                      + ["model.num_classes=20", f"model.weights={path}"])
+    tuned = build_model(voc).state_dict()
+    assert torch.equal(tuned["backbone.layer3.5.conv3.weight"], detkit_state["backbone.layer3.5.conv3.weight"])
+    assert torch.equal(tuned["rpn.head.objectness.weight"], detkit_state["rpn.head.objectness.weight"])
+    assert tuned["roi_heads.predictor.cls_score.weight"].shape[0] == 21

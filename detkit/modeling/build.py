@@ -1,11 +1,13 @@
 """Maps a config onto the detector's parts: the one place that reads `cfg.model`."""
 
+import copy
 import logging
 from pathlib import Path
 
 import torch
 
-from detkit.checkpoint.io import load_checkpoint, load_model_weights
+from detkit.checkpoint.formats import read_detector_weights
+from detkit.checkpoint.io import load_model_weights
 from detkit.errors import UserError
 from detkit.modeling.backbone.resnet import build_resnet_c4
 from detkit.modeling.detector import FasterRCNN, ImagePreprocessor
@@ -67,17 +69,25 @@ def build_model(cfg, *, num_classes: int | None = None) -> FasterRCNN:
         ),
     )
     if cfg.model.weights:
-        load_matching_weights(model, cfg.model.weights)
+        load_matching_weights(model, cfg.model.weights, cfg=cfg)
     model = model.to(resolve_device(cfg.model.device))
     if cfg.model.channels_last:
         use_channels_last(model)
     return model
 
 
-def load_matching_weights(model: FasterRCNN, path: str) -> None:
-    """Initialise from a detkit checkpoint, keeping the layers whose shapes differ (e.g. the class-specific
+def _any_class_count(cfg):
+    """`cfg` with model.num_classes unset: a file's own class count is read as it is (fine-tuning changes it)."""
+    cfg = copy.deepcopy(cfg)
+    cfg.model.num_classes = None
+    return cfg
+
+
+def load_matching_weights(model: FasterRCNN, path: str, *, cfg) -> None:
+    """Initialise from a detkit checkpoint or a detectron2 model-zoo file (read by
+    `detkit.checkpoint.formats.read_detector_weights`), keeping the layers whose shapes differ (e.g. the class-specific
     predictor when fine-tuning COCO -> VOC) at their fresh initialisation, and saying which those are."""
-    state = load_checkpoint(path)["model"]
+    state = read_detector_weights(path, cfg=_any_class_count(cfg)).model
     own = model.state_dict()
     matching = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
     if not matching:
@@ -92,17 +102,21 @@ def load_detector(cfg, weights: str | Path | None, *, class_names: list[str] | N
     config switches on (`test.fold_bn`, `model.channels_last`, `test.compile`, `test.amp`; see
     `detkit.modeling.optimize`).
 
-    Class names: the checkpoint's (training stores them), else `class_names`, else "class_<i>".
+    `weights`: a detkit checkpoint, a detectron2 model-zoo .pkl or a detectron2 .pth (see
+    `detkit.checkpoint.formats`). Class names: the file's (training stores them; an 80-class detectron2
+    file gets COCO's), else `class_names`, else "class_<i>".
     The class count: `model.num_classes`, else the number of names. Returns (model in eval mode, names).
     """
-    state = load_checkpoint(weights) if weights is not None else None
-    names = (state or {}).get("class_names") or class_names
+    loaded = read_detector_weights(weights, cfg=cfg) if weights is not None else None
+    names = (loaded.class_names if loaded else None) or class_names
     num_classes = cfg.model.num_classes or (len(names) if names else None)
+    if num_classes is None and loaded is not None and "roi_heads.predictor.cls_score.weight" in loaded.model:
+        num_classes = loaded.model["roi_heads.predictor.cls_score.weight"].shape[0] - 1  # K + background
     if num_classes is None:
         raise UserError("model.num_classes is not set and the weights do not name their classes")
     model = build_model(cfg, num_classes=num_classes)
-    if state is not None:
-        load_model_weights(model, state, weights)
+    if loaded is not None:
+        load_model_weights(model, {"model": loaded.model}, weights)
     else:
         logger.warning("no weights given: the detection heads are untrained")
     optimize_for_inference(

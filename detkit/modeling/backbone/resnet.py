@@ -379,7 +379,7 @@ def load_resnet_weights(model: ResNet, weights: str | None, *, depth: int, input
         return
     path = Path(weights).expanduser()
     if path.is_file() and file_kind(path) == "pickle":  # by content: an MSRA/Caffe2 ImageNet .pkl
-        if not model.stride_in_1x1:
+        if not getattr(model, "stride_in_1x1", False):  # a ResNet that cannot stride its 1x1 convs cannot run them
             raise UserError(
                 f"{path} is an MSRA/Caffe2 ResNet, trained with the stride in the first 1x1 conv of each "
                 f"downsampling block: set model.backbone.stride_in_1x1=true (README, Model zoo)"
