@@ -143,3 +143,16 @@ def test_other_layouts_are_refused_as_backbones(tmp_path):
     text.write_text("hello")
     with pytest.raises(UserError, match="cannot unpickle weights file .*notes.pkl"):
         read_caffe2_backbone(text, depth=50)
+
+
+def test_msra_weights_need_a_resnet_striding_its_1x1_convs(r50_file, tmp_path):
+    from detkit.checkpoint.formats import read_weights, to_checkpoint
+    from detkit.modeling.backbone.resnet import build_resnet_c4
+
+    path, _ = r50_file
+    with pytest.raises(UserError, match=r"R-50.pkl is an MSRA/Caffe2 ResNet.*set model.backbone.stride_in_1x1=true"):
+        build_resnet_c4(depth=50, weights=str(path))
+    converted = tmp_path / "R-50-msra.pth"
+    torch.save(to_checkpoint(read_weights(path), source=path), converted)
+    with pytest.raises(UserError, match=r"R-50-msra.pth was converted from an MSRA/Caffe2 ResNet.*stride_in_1x1=true"):
+        build_resnet_c4(depth=50, weights=str(converted))

@@ -270,8 +270,9 @@ def _first_line(e: BaseException) -> str:
     return f"{type(e).__name__}: {text.splitlines()[0]}" if text else type(e).__name__
 
 
-def _read_state_dict(path: Path, fix: str = "re-download or re-save it") -> dict:
-    """Read a checkpoint file; return its state_dict (plain, or under "model" / "state_dict")."""
+def _read_state_dict(path: Path, fix: str = "re-download or re-save it", *, model_strides_1x1: bool = False) -> dict:
+    """Read a checkpoint file; return its state_dict (plain, or under "model" / "state_dict").
+    A file that records `stride_in_1x1: True` (tools/convert_weights.py on an MSRA .pkl) needs a model that does."""
     if not path.exists():
         raise UserError(
             f"backbone weights file not found: {path} "
@@ -286,6 +287,11 @@ def _read_state_dict(path: Path, fix: str = "re-download or re-save it") -> dict
             f"cannot read backbone weights file {path}: corrupt, truncated, or not a tensors-only "
             f"checkpoint ({type(e).__name__}); {fix}"
         ) from None
+    if isinstance(obj, dict) and obj.get("stride_in_1x1") is True and not model_strides_1x1:
+        raise UserError(
+            f"{path} was converted from an MSRA/Caffe2 ResNet, which strides the first 1x1 conv of each "
+            f"downsampling block: set model.backbone.stride_in_1x1=true"
+        )
     if isinstance(obj, dict):
         for key in ("model", "state_dict"):
             if isinstance(obj.get(key), dict):
@@ -387,7 +393,8 @@ def load_resnet_weights(model: ResNet, weights: str | None, *, depth: int, input
         caffe2 = read_caffe2_backbone(path, depth=depth, input_format=input_format)
         _load_checked(model, caffe2.model, f"MSRA/Caffe2 weights file {path}")
         return
-    _load_checked(model, _read_state_dict(path), f"backbone weights file {path}")
+    state_dict = _read_state_dict(path, model_strides_1x1=getattr(model, "stride_in_1x1", False))
+    _load_checked(model, state_dict, f"backbone weights file {path}")
 
 
 # ---------------------------------------------------------------------------------------------------
