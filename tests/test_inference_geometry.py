@@ -109,10 +109,14 @@ def run_heads(heads, proposal):
 
 
 def test_class_specific_regression_at_inference():
-    dets = run_heads(heads_with_fixed_predictor(), torch.tensor([[10.0, 10.0, 30.0, 30.0]]))
-    assert dets["labels"].tolist() == [0]
-    assert torch.allclose(dets["boxes"], torch.tensor([[12.0, 10.0, 32.0, 30.0]]), atol=1e-4)
-    assert dets["scores"].item() == pytest.approx(torch.softmax(torch.tensor([3.0, 0, 0, 0]), 0)[0].item(), rel=1e-5)
+    heads = heads_with_fixed_predictor()
+    heads.predictor.cls_score.bias.data[1] = 2.5  # class 1 scores too, and its deltas move boxes down by 10%
+    heads.predictor.bbox_pred.bias.data[5] = 1.0
+    dets = run_heads(heads, torch.tensor([[10.0, 10.0, 30.0, 30.0]]))
+    probs = torch.softmax(torch.tensor([3.0, 2.5, 0, 0]), 0)
+    assert dets["labels"].tolist() == [0, 1]
+    assert torch.allclose(dets["boxes"], torch.tensor([[12.0, 10.0, 32.0, 30.0], [10.0, 12.0, 30.0, 32.0]]), atol=1e-4)
+    assert torch.allclose(dets["scores"], probs[:2], rtol=1e-5)
 
 
 def test_refinement_rescores_the_regressed_box_and_votes():
