@@ -40,10 +40,11 @@ def model_files(tmp_path_factory) -> tuple[Path, Path]:
     torch.manual_seed(0)
     weights = root / "tiny.pth"
     model = build_model(load_config(config))
-    # Random weights score every class near 1/4; biased logits (background last) make class 0 score about
-    # softmax([2, 0.5, -1, 0])[0] = 0.70 and the others at most 0.16, so a 0.3 threshold keeps class 0 only.
+    # Random weights score every class near 1/4, under the tests' 0.3 threshold; biased logits (background
+    # last) make class 0 score about softmax([4, 1, -1, 0])[0] = 0.93 and the others under 0.05, so the
+    # threshold keeps many class-0 detections and nothing else.
     with torch.no_grad():
-        model.roi_heads.predictor.cls_score.bias.copy_(torch.tensor([2.0, 0.5, -1.0, 0.0]))
+        model.roi_heads.predictor.cls_score.bias.copy_(torch.tensor([4.0, 1.0, -1.0, 0.0]))
     torch.save({"model": model.state_dict(), "class_names": NAMES}, weights)
     return config, weights
 
@@ -54,7 +55,7 @@ def check_detections(detections: list[dict], width: int, height: int) -> None:
         assert set(d) == {"box", "score", "label", "name"}
         x0, y0, x1, y1 = d["box"]
         assert 0 <= x0 < x1 <= width and 0 <= y0 < y1 <= height, d
-        assert 0.5 < d["score"] < 0.9 and d["label"] == 0 and d["name"] == NAMES[0], d
+        assert d["score"] >= 0.3 and d["label"] == 0 and d["name"] == NAMES[0], d
 
 
 def write_video(path: Path, width: int, height: int, frames: int = 12) -> Path:
