@@ -62,6 +62,7 @@ def test_train_step_reduces_loss_and_keeps_targets():
 
 def test_eval_step_outputs_in_input_pixels():
     model = tiny_model().eval()
+    torch.manual_seed(0)
     images, _ = batch()
     with torch.no_grad():
         out = model(images)
@@ -77,14 +78,15 @@ def test_eval_step_outputs_in_input_pixels():
 def test_test_time_resize_maps_boxes_back():
     """An image twice the test size must give the same detections at twice the coordinates."""
     model = tiny_model().eval()
-    small = torch.randint(0, 256, (3, 64, 96), dtype=torch.uint8)
+    small = torch.randint(0, 256, (3, 64, 96), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
     large = torch.nn.functional.interpolate(small[None].float(), scale_factor=2, mode="nearest")[0]
     with torch.no_grad():
         a = model([small])[0]
         b = model([large])[0]
-    assert a["boxes"].shape == b["boxes"].shape
-    # nearest-upsampled then bilinear-downsampled is not bit-identical to the original; allow a few pixels
-    assert torch.allclose(b["boxes"], 2 * a["boxes"], atol=6.0)
+    assert len(a["boxes"]) >= 5 and a["boxes"].shape == b["boxes"].shape
+    # bilinear halving samples the centre of each 2 x 2 block of equal pixels: the small image exactly,
+    # so the boxes are twice the small image's at float precision (a 3% scale error is pixels off)
+    assert torch.allclose(b["boxes"], 2 * a["boxes"], rtol=1e-5, atol=1e-3)
 
 
 def test_normalisation_matches_torchvision_convention():
@@ -119,8 +121,9 @@ def test_padding_batches_different_sizes():
 
 
 def test_channels_last_gives_the_same_detections():
-    image = torch.randint(0, 256, (3, 64, 96), dtype=torch.uint8)
+    image = torch.randint(0, 256, (3, 64, 96), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
         a = tiny_model().eval()([image])[0]
         b = tiny_model(["model.channels_last=true"]).eval()([image])[0]
+    assert len(a["boxes"]) >= 5
     assert torch.allclose(a["boxes"], b["boxes"], atol=1e-3) and torch.allclose(a["scores"], b["scores"], atol=1e-4)

@@ -201,7 +201,22 @@ def sequential_ap50(results, anns, use_11_point, cls=0):
         tp.append(hit)
         fp.append(not hit)
     tp, fp = np.cumsum(tp), np.cumsum(fp)
-    return 100 * voc_ap(tp / npos, tp / np.maximum(tp + fp, 1), use_11_point)
+    return 100 * plain_ap(list(tp / npos), list(tp / np.maximum(tp + fp, 1)), use_11_point)
+
+
+def plain_ap(recall: list, precision: list, use_11_point: bool) -> float:
+    """The two VOC AP rules as loops over the ranked list (the devkit's definitions, not `voc_ap`)."""
+    def best_precision_from(r):
+        return max([p for rc, p in zip(recall, precision) if rc >= r], default=0.0)
+
+    if use_11_point:
+        return sum(best_precision_from(t / 10) for t in range(11)) / 11
+    area, previous = 0.0, 0.0
+    for rc in recall:  # each rise in recall counts with the best precision at that recall or beyond
+        if rc > previous:
+            area += (rc - previous) * best_precision_from(rc)
+            previous = rc
+    return area
 
 
 @pytest.mark.parametrize("use_11_point", [True, False])

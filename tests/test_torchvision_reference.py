@@ -32,11 +32,11 @@ def c4_config(weights, extra=()):
     ])
 
 
-def detector_and_reference(weights, extra=()):
+def detector_and_reference(weights, extra=(), shape=(160, 213)):
     cfg = c4_config(weights, extra)
     torch.manual_seed(0)
     model = build_model(cfg).eval()
-    image = torch.randint(0, 256, (3, 160, 213), dtype=torch.uint8, generator=torch.Generator().manual_seed(1))
+    image = torch.randint(0, 256, (3, *shape), dtype=torch.uint8, generator=torch.Generator().manual_seed(1))
     spread_class_scores(model, image)
     return cfg, model, build_torchvision_equivalent(model, cfg), image
 
@@ -52,6 +52,22 @@ def test_same_detections_as_torchvision(r18_weights, pooler):
     check = compare_detections(ours, theirs, min_iou=0.999, score_tol=1e-3)
     assert check["same"], check
     assert len(ours["boxes"]) == len(theirs["boxes"])
+
+
+# torchvision floors the resized long side where detkit rounds it (detectron2's convention); these sizes
+# resize to the same pixels under both: (160, 213) and (160, 208)
+@pytest.mark.parametrize("shape", [(400, 533), (100, 130)])
+def test_same_detections_as_torchvision_after_the_test_resize(r18_weights, shape):
+    """Images larger and smaller than the test size: both detectors resize (short side 160, long side
+    at most 400) and map boxes back to the input pixels, each with its own code."""
+    _, model, reference, image = detector_and_reference(r18_weights, shape=shape)
+    with torch.inference_mode():
+        ours = model([image])[0]
+        theirs = torchvision_detections(reference, image)
+    assert len(ours["boxes"]) >= 10
+    assert ours["boxes"][:, 2].max() > 0.5 * shape[1]  # boxes are in the input's pixels, not the resized ones
+    check = compare_detections(ours, theirs, min_iou=0.999, score_tol=1e-3)
+    assert check["same"], check
 
 
 def test_speedups_keep_torchvision_detections(r18_weights):
