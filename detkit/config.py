@@ -23,6 +23,10 @@ DEFAULTS: dict[str, Any] = {
         "weights": "",  # detkit checkpoint or detectron2 .pkl/.pth to start the whole detector from; layers of another shape stay new
         "pixel_mean": [0.485, 0.456, 0.406],  # RGB mean of 0-1 images, the convention of torchvision's weights
         "pixel_std": [0.229, 0.224, 0.225],  # RGB std of 0-1 images, same convention
+        "input_format": "RGB",  # RGB | BGR: channel order the backbone's weights expect (pixel_mean/std in that order)
+        "pixel_range": 1.0,  # 1.0 | 255.0: pixel_mean/std are for pixels in 0..pixel_range (detectron2, MSRA: 255)
+        "size_divisibility": 16,  # pad the batch to a multiple of this; 0: only to the largest image (detectron2 C4)
+        "clip_mapped_boxes": False,  # test: clip boxes mapped back to the input image and drop empty ones (detectron2)
         "backbone": {
             "depth": 101,  # 18, 34, 50, 101 or 152 (ResNet paper, Table 1)
             "weights": "imagenet",  # imagenet | path to a torchvision ResNet state_dict or MSRA R-50.pkl/R-101.pkl | null (MSRA init)
@@ -30,10 +34,14 @@ DEFAULTS: dict[str, Any] = {
             "freeze_at": 2,  # 0: train all; 1: freeze conv1; k>=2: freeze conv1 and res2..res(k)
             "preact": False,  # pre-activation units (He et al., Identity Mappings, ECCV 2016)
             "width": 64,  # channels of conv1 and res2 (64 in the paper); other stages double it
+            "stride_in_1x1": False,  # downsampling bottlenecks stride the first 1x1 conv (paper, MSRA, detectron2); false: the 3x3 (torchvision)
         },
         "rpn": {
             "anchor_sizes": [64, 128, 256, 512],  # anchor side lengths in input pixels (paper: 128-512, COCO adds 64)
             "anchor_ratios": [0.5, 1.0, 2.0],  # anchor height/width ratios
+            "anchor_offset": 0.0,  # anchor centres at (x + offset) * stride of each feature position (detectron2: 0.0)
+            "anchor_round": True,  # round anchor widths/heights to whole pixels (torchvision); false: exact (detectron2)
+            "bbox_reg_weights": [1.0, 1.0, 1.0, 1.0],  # scales of the RPN's (dx, dy, dw, dh) targets (detectron2: all 1)
             "head_channels": 0,  # channels of the 3x3 conv; 0: same as the backbone's output
             "iou_thresholds": [0.3, 0.7],  # below the first: negative; at or above the second: positive
             "batch_size_per_image": 256,  # anchors sampled per image for the losses
@@ -61,6 +69,7 @@ DEFAULTS: dict[str, Any] = {
             "smooth_l1_beta": 0.0,  # 0 gives L1, as detectron2
             "score_threshold": 0.05,  # detections below this score are dropped
             "nms_thresh": 0.5,  # per-class NMS IoU at test time
+            "drop_empty_before_nms": True,  # drop boxes with a side <= 0.01 px before NMS; false: keep them (detectron2)
             "detections_per_image": 100,  # at most this many detections per image (COCO maxDets)
             "box_refinement": False,  # iterative localization: pool again at regressed boxes, then vote
             "refine_nms_thresh": 0.3,  # NMS IoU over the union of original and refined boxes
@@ -75,6 +84,7 @@ DEFAULTS: dict[str, Any] = {
         "max_size_train": 1000,  # long side cap in training
         "min_size_test": 600,  # short side at test time (paper: 600)
         "max_size_test": 1000,  # long side cap at test time (paper: 1000)
+        "test_resize": "tensor",  # tensor: bilinear on the normalised image | pil: PIL bilinear on uint8 pixels (detectron2)
         "hflip_prob": 0.5,  # horizontal flip probability in training
         "color_jitter": 0.0,  # brightness/contrast/saturation jitter strength in training; 0: off
         "crop_size": 0,  # training: a random crop_size x crop_size window after the resize; 0: no crop
@@ -125,6 +135,20 @@ DEFAULTS: dict[str, Any] = {
 NULLABLE: dict[str, tuple[type, ...]] = {
     "model.num_classes": (int,),
     "model.backbone.weights": (str,),
+}
+
+# Keys whose value must satisfy a rule beyond its type, checked where the value is read (file or
+# override), so a bad value stops at load with the key and the file named: key -> (rule, description).
+VALUE_RULES: dict[str, tuple[Any, str]] = {
+    "model.input_format": (lambda v: v in ("RGB", "BGR"), "RGB or BGR"),
+    "model.pixel_range": (lambda v: v > 0, "a positive number (1.0 or 255.0)"),
+    "model.size_divisibility": (lambda v: v >= 0, "0 or a positive integer"),
+    "model.rpn.anchor_offset": (lambda v: 0.0 <= v < 1.0, "in [0, 1)"),
+    "model.rpn.bbox_reg_weights": (
+        lambda v: len(v) == 4 and all(isinstance(x, (int, float)) and not isinstance(x, bool) and x > 0 for x in v),
+        "a list of 4 positive numbers",
+    ),
+    "input.test_resize": (lambda v: v in ("tensor", "pil"), "tensor or pil"),
 }
 
 
@@ -193,6 +217,9 @@ def _merge(base: dict, update: dict, prefix: str, source: str) -> None:
             _merge(base[key], value, full + ".", source)
         else:
             base[key] = _check_type(full, value, base[key], source)
+            rule = VALUE_RULES.get(full)
+            if rule is not None and not rule[0](base[key]):
+                raise UserError(f"config key '{full}' in {source} must be {rule[1]}, got {base[key]!r}")
 
 
 def _read_yaml(path: Path) -> dict:

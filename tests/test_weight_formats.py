@@ -12,16 +12,19 @@ import torch
 
 from detkit.checkpoint.coco_categories import COCO_CATEGORY_IDS, COCO_CLASS_NAMES
 from detkit.checkpoint.detectron2 import anchor_permutation, name_table
-from detkit.checkpoint.formats import read_detector_weights, read_weights
+from detkit.checkpoint.formats import read_detector_weights, read_weights, to_checkpoint
 from detkit.config import load_config
 from detkit.errors import UserError
 from detkit.modeling.build import build_model
 
 ROOT = Path(__file__).resolve().parents[1]
-# A small R-50 C4 detector with detectron2's anchors (5 sizes x 3 ratios) and COCO's 80 classes.
+# A small R-50 C4 detector with detectron2's anchors (5 sizes x 3 ratios), COCO's 80 classes, its ResNet
+# layout (stride in the 1x1) and its BGR input.
 OVERRIDES = [
     "model.backbone.depth=50",
     "model.backbone.width=8",
+    "model.backbone.stride_in_1x1=true",
+    "model.input_format=BGR",
     "model.backbone.weights=null",
     "model.num_classes=80",
     "model.rpn.anchor_sizes=[32,64,128,256,512]",
@@ -199,3 +202,51 @@ def test_predictor_and_fine_tuning_take_detectron2_files(tmp_path, cfg, detkit_s
     assert torch.equal(tuned["backbone.layer3.5.conv3.weight"], detkit_state["backbone.layer3.5.conv3.weight"])
     assert torch.equal(tuned["rpn.head.objectness.weight"], detkit_state["rpn.head.objectness.weight"])
     assert tuned["roi_heads.predictor.cls_score.weight"].shape[0] == 21
+
+
+def test_detectron2_files_need_the_1x1_stride_and_fit_rgb_configs_by_reversing_conv1(tmp_path, cfg, detkit_state):
+    d2 = to_detectron2(detkit_state, cfg)
+    path = tmp_path / "model_final_zoo.pkl"
+    path.write_bytes(pickle.dumps({"model": {k: v.numpy() for k, v in d2.items()}, "__author__": "Detectron2 Model Zoo"}))
+    torchvision_layout = load_config(None, OVERRIDES + ["model.backbone.stride_in_1x1=false"])
+    with pytest.raises(UserError, match=r"model_final_zoo.pkl: detectron2's C4 models stride the first 1x1 conv.*stride_in_1x1=true"):
+        read_detector_weights(path, cfg=torchvision_layout)
+    rgb = load_config(None, OVERRIDES + ["model.input_format=RGB"])
+    got = read_detector_weights(path, cfg=rgb).model
+    conv1 = detkit_state["backbone.conv1.weight"]  # (C, 3, 7, 7), BGR input channels in the file
+    assert torch.equal(got["backbone.conv1.weight"][:, 0], conv1[:, 2])
+    assert torch.equal(got["backbone.conv1.weight"][:, 2], conv1[:, 0])
+    assert torch.equal(got["backbone.conv1.weight"][:, 1], conv1[:, 1])
+    # a converted checkpoint records conv1's order and the layout; readers with another config adapt or refuse
+    converted = tmp_path / "converted.pth"
+    torch.save(to_checkpoint(read_weights(path, cfg=cfg), source=path), converted)
+    state = torch.load(converted, weights_only=True)
+    assert state["input_format"] == "BGR" and state["stride_in_1x1"] is True
+    assert torch.equal(read_detector_weights(converted, cfg=rgb).model["backbone.conv1.weight"], got["backbone.conv1.weight"])
+    assert torch.equal(read_detector_weights(converted, cfg=cfg).model["backbone.conv1.weight"], conv1)
+    with pytest.raises(UserError, match=r"converted.pth holds a ResNet with stride_in_1x1=True: set model.backbone.stride_in_1x1=true"):
+        read_detector_weights(converted, cfg=torchvision_layout)
+
+
+def test_rgb_and_bgr_models_with_matching_weights_compute_the_same_features(tmp_path, cfg, detkit_state):
+    """The same detectron2 file read into a BGR config and into an RGB config (normalisation reordered too)
+    gives the same conv4 features on the same RGB image (up to float summation order)."""
+    from detkit.modeling.build import load_detector
+
+    d2 = to_detectron2(detkit_state, cfg)
+    path = tmp_path / "model_final_zoo.pkl"
+    path.write_bytes(pickle.dumps({"model": {k: v.numpy() for k, v in d2.items()}, "__author__": "Detectron2 Model Zoo"}))
+    common = ["model.pixel_range=255.0", "model.pixel_std=[57.0,57.0,58.0]", "input.min_size_test=96", "input.max_size_test=160"]
+    bgr = load_config(None, OVERRIDES + common + ["model.pixel_mean=[103.53,116.28,123.675]"])
+    rgb = load_config(None, OVERRIDES + common + ["model.input_format=RGB", "model.pixel_mean=[123.675,116.28,103.53]",
+                                                   "model.pixel_std=[58.0,57.0,57.0]"])
+    image = torch.randint(0, 256, (3, 96, 128), generator=torch.Generator().manual_seed(0), dtype=torch.uint8)
+    outputs = []
+    for c in (bgr, rgb):
+        model, _ = load_detector(c, path)
+        with torch.no_grad():
+            feature = model.backbone(model.preprocessor([image])[0])
+        outputs.append(feature)
+    scale = outputs[0].abs().max().item()
+    assert scale > 0
+    torch.testing.assert_close(outputs[0], outputs[1], rtol=0, atol=1e-5 * scale)

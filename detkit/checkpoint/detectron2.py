@@ -26,6 +26,12 @@ detkit orders them ratio-major (for each ratio, each size). The objectness chann
 delta channel groups (A x 4) are reordered so detkit's anchor i reads detectron2's channel for the
 same (size, ratio).
 
+Input: detectron2's model zoo trained on BGR images (INPUT.FORMAT) in 0-255 minus PIXEL_MEAN, and its
+ResNets stride the first 1x1 conv of a downsampling block (RESNETS.STRIDE_IN_1X1, inherited from the MSRA
+ImageNet models). A config must build that ResNet (`model.backbone.stride_in_1x1: true`, checked); a
+config fed RGB (`model.input_format: RGB`) gets conv1's input channels reversed, so it computes the same
+function (the normalisation values are the config's to match; configs/detectron2/*.yaml do).
+
 Classes: both keep the K foreground classes in the file's order, background last (K+1 scores), and
 class-specific boxes (4K, class-major); detectron2's COCO order is the sorted COCO category ids,
 which `detkit.checkpoint.coco_categories` (or the caller) maps back to COCO's own ids.
@@ -142,6 +148,11 @@ def _check_config(cfg) -> None:
             "detectron2 C4 weights are for a post-activation ResNet with batch-norm statistics: "
             "set model.backbone.preact=false and model.backbone.norm=frozen_bn"
         )
+    if not m.backbone.stride_in_1x1:
+        raise UserError(
+            "detectron2's C4 models stride the first 1x1 conv of each downsampling block: set "
+            "model.backbone.stride_in_1x1=true (configs/detectron2/*.yaml do)"
+        )
     if m.roi_heads.head != "res5":
         raise UserError("detectron2 C4 weights hold a res5 box head: set model.roi_heads.head=res5")
     if m.roi_heads.global_context:
@@ -190,6 +201,8 @@ def detectron2_to_detkit(state: Mapping[str, Tensor], *, cfg) -> dict[str, Tenso
                 f"anchor_ratios and model.num_classes)"
             )
         out[dk_name] = tensor
+    if cfg.model.input_format == "RGB":  # the file's conv1 reads BGR: (C, 3, 7, 7) input channels reversed
+        out["backbone.conv1.weight"] = out["backbone.conv1.weight"].flip(1).contiguous()
     perm = torch.tensor(anchor_permutation(len(cfg.model.rpn.anchor_sizes), len(cfg.model.rpn.anchor_ratios)))
     for name in ("rpn.head.objectness.weight", "rpn.head.objectness.bias"):
         out[name] = out[name][perm].contiguous()

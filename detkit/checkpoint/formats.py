@@ -48,6 +48,8 @@ class Weights:
     category_ids: list[int] | None = None
     mapping: list[tuple[str, str]] = field(default_factory=list)
     checkpoint: dict | None = None
+    input_format: str | None = None  # channel order conv1 reads (RGB | BGR), when known
+    stride_in_1x1: bool | None = None  # the ResNet layout the tensors need, when known
 
 
 def file_kind(path: str | Path) -> str:
@@ -104,6 +106,8 @@ def _from_detectron2(state: dict[str, Tensor], *, cfg, source: str) -> Weights:
         class_names=list(COCO_CLASS_NAMES) if coco else None,
         category_ids=list(COCO_CATEGORY_IDS) if coco else None,
         mapping=[(d2, table.get(d2, "dropped")) for d2 in state],
+        input_format=cfg.model.input_format,
+        stride_in_1x1=True,
     )
 
 
@@ -158,14 +162,32 @@ def _from_detkit(state: dict) -> Weights:
         class_names=state.get("class_names"),
         category_ids=state.get("category_ids"),
         checkpoint=state,
+        input_format=state.get("input_format"),
+        stride_in_1x1=state.get("stride_in_1x1"),
     )
+
+
+def _fit_detkit_detector(weights: Weights, *, cfg, source: str) -> Weights:
+    """A converted detector (tools/convert_weights.py records conv1's channel order and the ResNet layout)
+    made to fit `cfg`: conv1 reversed for the other channel order; the other stride layout refused."""
+    if weights.stride_in_1x1 is not None and weights.stride_in_1x1 != cfg.model.backbone.stride_in_1x1:
+        raise UserError(
+            f"{source} holds a ResNet with stride_in_1x1={weights.stride_in_1x1}: set "
+            f"model.backbone.stride_in_1x1={str(weights.stride_in_1x1).lower()}"
+        )
+    conv1 = weights.model.get("backbone.conv1.weight")
+    if weights.input_format in ("RGB", "BGR") and weights.input_format != cfg.model.input_format and conv1 is not None:
+        # (C, 3, 7, 7): RGB <-> BGR is a reversal of the input channels
+        weights.model = {**weights.model, "backbone.conv1.weight": conv1.flip(1).contiguous()}
+        weights.input_format = cfg.model.input_format
+    return weights
 
 
 def _from_caffe2(blobs: dict, *, depth: int | None, input_format: str, source: str) -> Weights:
     if depth is None:
         depth = caffe2_depth(blobs) or 50  # a file that fits no table: reported against ResNet-50's
     model, mapping = caffe2_to_detkit(blobs, depth=depth, source=source, input_format=input_format)
-    return Weights(model=model, format="caffe2", mapping=mapping)
+    return Weights(model=model, format="caffe2", mapping=mapping, input_format=input_format, stride_in_1x1=True)
 
 
 def read_detector_weights(path: str | Path, *, cfg) -> Weights:
@@ -176,7 +198,7 @@ def read_detector_weights(path: str | Path, *, cfg) -> Weights:
         raise UserError(f"{path} is an MSRA/Caffe2 ImageNet backbone, not a detector: give it to model.backbone.weights")
     if layout == "detectron2":
         return _from_detectron2(data["model"], cfg=cfg, source=str(path))
-    return _from_detkit(data)
+    return _fit_detkit_detector(_from_detkit(data), cfg=cfg, source=str(path))
 
 
 def read_caffe2_backbone(path: str | Path, *, depth: int, input_format: str = "RGB") -> Weights:
@@ -202,12 +224,13 @@ def to_checkpoint(weights: Weights, *, source: str | Path) -> dict:
     """A detkit checkpoint dict of converted weights, for `torch.save` (and `torch.load(weights_only=True)`).
 
     Detectors: `model`, `class_names`, `category_ids` when known. MSRA backbones: `model` is a ResNet
-    state_dict in torchvision's names and RGB order, as `model.backbone.weights` reads it, with
-    `stride_in_1x1: True` recorded for the reader."""
+    state_dict in torchvision's names, as `model.backbone.weights` reads it. Both record `stride_in_1x1`
+    and `input_format` (conv1's channel order), which the readers match to the config."""
     state: dict = {"model": weights.model, "source_format": weights.format, "source": str(source)}
-    if weights.format == "caffe2":
-        state["stride_in_1x1"] = True
-        state["input_format"] = "RGB"
+    if weights.stride_in_1x1 is not None:
+        state["stride_in_1x1"] = weights.stride_in_1x1
+    if weights.input_format is not None:
+        state["input_format"] = weights.input_format
     if weights.class_names is not None:
         state["class_names"] = list(weights.class_names)
     if weights.category_ids is not None:

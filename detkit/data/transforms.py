@@ -6,7 +6,8 @@ A transform is a callable `(image, boxes, labels) -> (image, boxes, labels)`:
     labels  (N,) int64 contiguous class indices
 Boxes that end up narrower or shorter than 1 px are dropped together with their labels.
 
-Test images are not resized here: the model resizes them itself with `resize_shortest_edge_size`.
+Test images are not resized here: the model resizes them itself with `resize_shortest_edge_size` (or, with
+`input.test_resize: pil`, `resize_shortest_edge_size_d2` and `resize_pixels_pil`, as detectron2 does).
 """
 
 import random
@@ -14,6 +15,9 @@ import random
 import albumentations as A
 import cv2
 import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
 
 
 def resize_shortest_edge_size(h: int, w: int, short: int, max_size: int) -> tuple[int, int]:
@@ -28,6 +32,36 @@ def resize_shortest_edge_size(h: int, w: int, short: int, max_size: int) -> tupl
     if max_size > 0 and max(h, w) * scale > max_size:
         scale = max_size / max(h, w)
     return max(int(h * scale + 0.5), 1), max(int(w * scale + 0.5), 1)
+
+
+def resize_shortest_edge_size_d2(h: int, w: int, short: int, max_size: int) -> tuple[int, int]:
+    """Like `resize_shortest_edge_size`, in the order of operations of detectron2's ResizeShortestEdge
+    (detectron2/data/transforms/augmentation_impl.py, get_output_shape): the short side is set to `short`
+    exactly, the long side scaled; when the long side exceeds `max_size`, both are scaled again by
+    `max_size / long`; then each side is rounded (halves up). Same sizes except where float rounding sits
+    on a half pixel; `input.test_resize: pil` uses it so sizes agree with detectron2's everywhere."""
+    scale = short / min(h, w)
+    new_h, new_w = (float(short), scale * w) if h < w else (scale * h, float(short))
+    if max_size > 0 and max(new_h, new_w) > max_size:
+        rescale = max_size / max(new_h, new_w)
+        new_h, new_w = new_h * rescale, new_w * rescale
+    return max(int(new_h + 0.5), 1), max(int(new_w + 0.5), 1)
+
+
+def resize_pixels_pil(image: torch.Tensor, new_h: int, new_w: int) -> torch.Tensor:
+    """(3, H, W) image in 0..255 -> (3, new_h, new_w), resized before normalisation as detectron2 does.
+
+    uint8 images go through PIL's bilinear filter (which widens its support when shrinking, i.e. it
+    antialiases) and stay uint8; other dtypes are resized by torch's bilinear interpolation (half-pixel
+    centres, no antialiasing), as detectron2 resizes non-uint8 arrays.
+    """
+    if image.dtype != torch.uint8:
+        # (3, H, W) -> (1, 3, H, W) -> resize -> (3, h', w')
+        return F.interpolate(image[None].float(), size=(new_h, new_w), mode="bilinear", align_corners=False)[0]
+    # (3, H, W) -> (H, W, 3) for PIL, and back
+    pixels = np.ascontiguousarray(image.cpu().permute(1, 2, 0).numpy())
+    resized = np.asarray(Image.fromarray(pixels).resize((new_w, new_h), Image.BILINEAR))
+    return torch.from_numpy(np.ascontiguousarray(resized.transpose(2, 0, 1))).to(image.device)
 
 
 def resize_image_and_boxes(

@@ -47,15 +47,26 @@ def build_model(cfg, *, num_classes: int | None = None) -> FasterRCNN:
     if cfg.model.roi_heads.pooler not in ("roi_pool", "roi_align"):
         raise UserError(f"model.roi_heads.pooler must be roi_pool or roi_align, got {cfg.model.roi_heads.pooler!r}")
     trunk, res5 = build_resnet_c4(
-        depth=b.depth, weights=b.weights, norm=b.norm, freeze_at=b.freeze_at, preact=b.preact, width=b.width
+        depth=b.depth,
+        weights=b.weights,
+        norm=b.norm,
+        freeze_at=b.freeze_at,
+        preact=b.preact,
+        width=b.width,
+        stride_in_1x1=b.stride_in_1x1,
+        input_format=cfg.model.input_format,
     )
     preprocessor = ImagePreprocessor(
         pixel_mean=cfg.model.pixel_mean,
         pixel_std=cfg.model.pixel_std,
         min_size_test=cfg.input.min_size_test,
         max_size_test=cfg.input.max_size_test,
-        size_divisibility=C4_STRIDE,
+        size_divisibility=cfg.model.size_divisibility,
         channels_last=cfg.model.channels_last,
+        input_format=cfg.model.input_format,
+        pixel_range=cfg.model.pixel_range,
+        resize=cfg.input.test_resize,
+        clip_mapped_boxes=cfg.model.clip_mapped_boxes,
     )
     model = FasterRCNN(
         preprocessor=preprocessor,
@@ -114,6 +125,10 @@ def load_detector(cfg, weights: str | Path | None, *, class_names: list[str] | N
         num_classes = loaded.model["roi_heads.predictor.cls_score.weight"].shape[0] - 1  # K + background
     if num_classes is None:
         raise UserError("model.num_classes is not set and the weights do not name their classes")
+    if loaded is not None:  # every tensor comes from `weights`: reading the backbone's or model.weights' would be waste
+        cfg = copy.deepcopy(cfg)
+        cfg.model.backbone.weights = None
+        cfg.model.weights = ""
     model = build_model(cfg, num_classes=num_classes)
     if loaded is not None:
         load_model_weights(model, {"model": loaded.model}, weights)

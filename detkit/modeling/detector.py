@@ -1,7 +1,7 @@
 """Faster R-CNN in the C4 design: preprocess -> backbone (conv1..conv4) -> RPN -> RoI heads -> postprocess.
 
 Shapes:
-    N  images; each input image (3, H_i, W_i) RGB in 0..255 (uint8 or float)
+    N  images; each input image (3, H_i, W_i) RGB in 0..255 (uint8 or float), whatever `input_format`
     batch (N, 3, Hp, Wp) normalised and zero-padded to a multiple of 16
     feature (N, C, Hp/16, Wp/16)
 Training returns {loss_rpn_cls, loss_rpn_box, loss_cls, loss_box}; eval returns per image
@@ -14,17 +14,25 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from detkit.data.transforms import resize_shortest_edge_size
+from detkit.data.transforms import resize_pixels_pil, resize_shortest_edge_size, resize_shortest_edge_size_d2
 from detkit.modeling.roi_heads import RoIHeads
 from detkit.modeling.rpn import RPN
+from detkit.structures.boxes import clip_boxes, nonempty
 
 
 class ImagePreprocessor(nn.Module):
     """Normalises images the way the backbone's weights expect, resizes at test time, pads into a batch.
 
-    Normalisation follows torchvision's ImageNet weights: RGB scaled to 0-1, then (x - mean) / std.
+    Images arrive RGB in 0..255. With `input_format="BGR"` the channels are reversed first (detectron2's and
+    MSRA's weights read BGR); then x -> (x - mean) / std with `pixel_mean`/`pixel_std` given for pixels in
+    0..`pixel_range` (1.0: torchvision's convention, 0-1 images; 255.0: detectron2's) and in that channel order.
     Training inputs arrive already resized by the data pipeline; in eval mode images are resized so the
     short side is `min_size_test` (long side at most `max_size_test`), and `postprocess` maps boxes back.
+    `resize`: "tensor" interpolates the normalised float image (torch bilinear); "pil" resizes the raw
+    pixels before normalising, uint8 through PIL's bilinear filter, as detectron2's ResizeShortestEdge does.
+    `size_divisibility`: the batch is zero-padded to a multiple of it (0: to the largest image only, as
+    detectron2's C4 models). `clip_mapped_boxes`: boxes mapped back to the input image are clipped to it
+    and those left empty dropped (detectron2's detector_postprocess).
     """
 
     def __init__(
@@ -36,14 +44,26 @@ class ImagePreprocessor(nn.Module):
         max_size_test: int,
         size_divisibility: int = 16,
         channels_last: bool = False,
+        input_format: str = "RGB",
+        pixel_range: float = 1.0,
+        resize: str = "tensor",
+        clip_mapped_boxes: bool = False,
     ):
         super().__init__()
+        if input_format not in ("RGB", "BGR"):
+            raise ValueError(f"input_format must be RGB or BGR, got {input_format!r}")
+        if resize not in ("tensor", "pil"):
+            raise ValueError(f"resize must be tensor or pil, got {resize!r}")
         self.channels_last = channels_last
-        self.register_buffer("pixel_mean", torch.tensor(pixel_mean).view(3, 1, 1) * 255.0, persistent=False)
-        self.register_buffer("pixel_std", torch.tensor(pixel_std).view(3, 1, 1) * 255.0, persistent=False)
+        to_255 = 255.0 / pixel_range
+        self.register_buffer("pixel_mean", torch.tensor(pixel_mean).view(3, 1, 1) * to_255, persistent=False)
+        self.register_buffer("pixel_std", torch.tensor(pixel_std).view(3, 1, 1) * to_255, persistent=False)
         self.min_size_test = min_size_test
         self.max_size_test = max_size_test
         self.size_divisibility = size_divisibility
+        self.input_format = input_format
+        self.resize = resize
+        self.clip_mapped_boxes = clip_mapped_boxes
 
     def forward(
         self,
@@ -59,13 +79,21 @@ class ImagePreprocessor(nn.Module):
         """
         min_size = self.min_size_test if min_size is None else min_size
         max_size = self.max_size_test if max_size is None else max_size
+        resize = not self.training and min_size > 0
         device = self.pixel_mean.device
         processed, sizes = [], []
         for i, image in enumerate(images):
             if image.dim() != 3 or image.shape[0] != 3:
                 raise ValueError(f"image {i} must be a (3, H, W) RGB tensor, got shape {tuple(image.shape)}")
-            x = (image.to(device=device, dtype=torch.float32) - self.pixel_mean) / self.pixel_std
-            if not self.training and min_size > 0:
+            if resize and self.resize == "pil":
+                new_h, new_w = resize_shortest_edge_size_d2(image.shape[-2], image.shape[-1], min_size, max_size)
+                if (new_h, new_w) != tuple(image.shape[-2:]):
+                    image = resize_pixels_pil(image, new_h, new_w)
+            x = image.to(device=device, dtype=torch.float32)
+            if self.input_format == "BGR":
+                x = x.flip(0)  # (3, H, W) RGB -> BGR
+            x = (x - self.pixel_mean) / self.pixel_std
+            if resize and self.resize == "tensor":
                 h, w = x.shape[-2:]
                 new_h, new_w = resize_shortest_edge_size(h, w, min_size, max_size)
                 if (new_h, new_w) != (h, w):
@@ -81,8 +109,9 @@ class ImagePreprocessor(nn.Module):
         return self.batch(processed), sizes, targets
 
     def batch(self, images: list[Tensor]) -> Tensor:
-        """Zero-pad (in normalised space, i.e. mean colour) to a common size divisible by the stride."""
-        d = self.size_divisibility
+        """Zero-pad (in normalised space, i.e. mean colour) to a common size divisible by the stride
+        (`size_divisibility` 0: the largest image's size)."""
+        d = max(self.size_divisibility, 1)
         max_h = math.ceil(max(im.shape[-2] for im in images) / d) * d
         max_w = math.ceil(max(im.shape[-1] for im in images) / d) * d
         out = images[0].new_zeros((len(images), 3, max_h, max_w))
@@ -90,15 +119,19 @@ class ImagePreprocessor(nn.Module):
             slot[:, : im.shape[-2], : im.shape[-1]].copy_(im)
         return out.contiguous(memory_format=torch.channels_last) if self.channels_last else out
 
-    @staticmethod
     def postprocess(
-        detections: list[dict], sizes: list[tuple[int, int]], original_sizes: list[tuple[int, int]]
+        self, detections: list[dict], sizes: list[tuple[int, int]], original_sizes: list[tuple[int, int]]
     ) -> list[dict]:
-        """Scale boxes from the resized image back to the input image's pixels."""
+        """Scale boxes from the resized image back to the input image's pixels (and clip, with `clip_mapped_boxes`)."""
         out = []
         for det, (h, w), (oh, ow) in zip(detections, sizes, original_sizes):
             scale = torch.tensor([ow / w, oh / h, ow / w, oh / h], device=det["boxes"].device)
-            out.append({**det, "boxes": det["boxes"] * scale})
+            det = {**det, "boxes": det["boxes"] * scale}
+            if self.clip_mapped_boxes:
+                boxes = clip_boxes(det["boxes"], oh, ow)
+                keep = nonempty(boxes)
+                det = {**{k: v[keep] for k, v in det.items()}, "boxes": boxes[keep]}
+            out.append(det)
         return out
 
 

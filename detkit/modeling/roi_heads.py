@@ -127,7 +127,10 @@ class RoIHeads(nn.Module):
         box_refinement: bool = False,
         refine_nms_thresh: float = 0.3,
         vote_iou_thresh: float = 0.8,
+        drop_empty_before_nms: bool = True,
     ):
+        """`drop_empty_before_nms`: boxes with a side <= 0.01 px (after clipping) are dropped before NMS;
+        false keeps them, as detectron2 does (it drops empty boxes only after mapping to the input image)."""
         super().__init__()
         self.pooler = pooler
         self.box_head = box_head
@@ -149,6 +152,7 @@ class RoIHeads(nn.Module):
         self.box_refinement = box_refinement
         self.refine_nms_thresh = refine_nms_thresh
         self.vote_iou_thresh = vote_iou_thresh
+        self.drop_empty_before_nms = drop_empty_before_nms
 
     @classmethod
     def from_config(cls, cfg, *, in_channels: int, res5: nn.Module | None, num_classes: int) -> "RoIHeads":
@@ -194,6 +198,7 @@ class RoIHeads(nn.Module):
             box_refinement=c.box_refinement,
             refine_nms_thresh=c.refine_nms_thresh,
             vote_iou_thresh=c.vote_iou_thresh,
+            drop_empty_before_nms=c.drop_empty_before_nms,
         )
 
     def forward(
@@ -321,7 +326,9 @@ class RoIHeads(nn.Module):
         labels = torch.arange(num_classes, device=probs.device).expand_as(fg_scores)
         # (R, K) -> (R*K,), (R, K, 4) -> (R*K, 4)
         fg_scores, labels, boxes = fg_scores.reshape(-1), labels.reshape(-1), boxes.reshape(-1, 4)
-        keep = (fg_scores > self.score_threshold) & nonempty(boxes, 1e-2)
+        keep = fg_scores > self.score_threshold  # strictly above, as detectron2 and torchvision
+        if self.drop_empty_before_nms:
+            keep &= nonempty(boxes, 1e-2)
         fg_scores, labels, boxes = fg_scores[keep], labels[keep], boxes[keep]
         kept = batched_nms(boxes, fg_scores, labels, nms_thresh)[: self.detections_per_image]
         out_boxes = boxes[kept]

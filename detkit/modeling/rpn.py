@@ -9,6 +9,8 @@ Losses: `loss_rpn_cls` (binary cross-entropy on sampled anchors) and `loss_rpn_b
 (smooth L1 on positive anchors), both normalised by the number of sampled anchors.
 """
 
+import math
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -22,24 +24,33 @@ from detkit.structures.boxes import box_iou, clip_boxes, nonempty
 
 
 class AnchorGenerator(nn.Module):
-    """Anchors of every (size, ratio) centred at each feature position x * stride, y * stride.
+    """Anchors of every (size, ratio) centred at each feature position ((x + offset) * stride, (y + offset) * stride).
 
-    `ratios` are height / width; an anchor of size s and ratio r has area s^2. Cell anchors are
-    rounded to whole pixels (torchvision's convention, so detections can be compared one to one).
+    `ratios` are height / width; an anchor of size s and ratio r has area s^2 (width s / sqrt(r), height
+    s * sqrt(r)). With `round_sizes` the cell anchors are rounded to whole pixels (torchvision's convention,
+    so detections can be compared one to one); without, they keep their exact sizes, computed in double
+    precision as sqrt(s^2 / r) and r times that (detectron2's DefaultAnchorGenerator), then stored as float32.
     """
 
-    def __init__(self, *, sizes: list[float], ratios: list[float], stride: int):
+    def __init__(self, *, sizes: list[float], ratios: list[float], stride: int, offset: float = 0.0, round_sizes: bool = True):
         super().__init__()
         self.stride = stride
-        scales = torch.as_tensor(sizes, dtype=torch.float32)
-        ratios_t = torch.as_tensor(ratios, dtype=torch.float32)
-        h_ratios = torch.sqrt(ratios_t)
-        w_ratios = 1 / h_ratios
-        # (len(ratios), 1) * (1, len(sizes)) -> (A,), ratio-major
-        ws = (w_ratios[:, None] * scales[None, :]).reshape(-1)
-        hs = (h_ratios[:, None] * scales[None, :]).reshape(-1)
-        cell = torch.stack([-ws, -hs, ws, hs], dim=1) / 2
-        self.register_buffer("cell_anchors", cell.round(), persistent=False)
+        self.offset = offset
+        if round_sizes:
+            scales = torch.as_tensor(sizes, dtype=torch.float32)
+            ratios_t = torch.as_tensor(ratios, dtype=torch.float32)
+            h_ratios = torch.sqrt(ratios_t)
+            w_ratios = 1 / h_ratios
+            # (len(ratios), 1) * (1, len(sizes)) -> (A,), ratio-major
+            ws = (w_ratios[:, None] * scales[None, :]).reshape(-1)
+            hs = (h_ratios[:, None] * scales[None, :]).reshape(-1)
+            cell = (torch.stack([-ws, -hs, ws, hs], dim=1) / 2).round()
+        else:
+            # ratio-major as above; float64 until the end so each corner is the float32 nearest the exact value
+            ws = torch.tensor([math.sqrt(s * s / r) for r in ratios for s in sizes], dtype=torch.float64)
+            hs = torch.tensor([r for r in ratios for _ in sizes], dtype=torch.float64) * ws
+            cell = (torch.stack([-ws, -hs, ws, hs], dim=1) / 2).float()
+        self.register_buffer("cell_anchors", cell, persistent=False)
 
     @property
     def num_anchors(self) -> int:
@@ -49,8 +60,8 @@ class AnchorGenerator(nn.Module):
         """(N, C, H, W) feature map -> (H*W*A, 4) anchors, shared by every image of the batch."""
         height, width = feature.shape[-2:]
         device = feature.device
-        shift_x = torch.arange(width, dtype=torch.float32, device=device) * self.stride
-        shift_y = torch.arange(height, dtype=torch.float32, device=device) * self.stride
+        shift_x = (torch.arange(width, dtype=torch.float32, device=device) + self.offset) * self.stride
+        shift_y = (torch.arange(height, dtype=torch.float32, device=device) + self.offset) * self.stride
         sy, sx = torch.meshgrid(shift_y, shift_x, indexing="ij")
         shifts = torch.stack([sx, sy, sx, sy], dim=-1).reshape(-1, 1, 4)
         # (H*W, 1, 4) + (1, A, 4) -> (H*W*A, 4)
@@ -120,12 +131,18 @@ class RPN(nn.Module):
     @classmethod
     def from_config(cls, cfg, in_channels: int, stride: int = 16) -> "RPN":
         c = cfg.model.rpn
-        anchors = AnchorGenerator(sizes=c.anchor_sizes, ratios=c.anchor_ratios, stride=stride)
+        anchors = AnchorGenerator(
+            sizes=c.anchor_sizes,
+            ratios=c.anchor_ratios,
+            stride=stride,
+            offset=c.anchor_offset,
+            round_sizes=c.anchor_round,
+        )
         return cls(
             anchor_generator=anchors,
             head=RPNHead(in_channels=in_channels, num_anchors=anchors.num_anchors, conv_channels=c.head_channels),
             matcher=Matcher(thresholds=c.iou_thresholds, allow_low_quality_matches=True),
-            box_coder=BoxCoder(weights=(1.0, 1.0, 1.0, 1.0)),
+            box_coder=BoxCoder(weights=tuple(c.bbox_reg_weights)),
             batch_size_per_image=c.batch_size_per_image,
             positive_fraction=c.positive_fraction,
             pre_nms_topk=(c.pre_nms_topk_train, c.pre_nms_topk_test),

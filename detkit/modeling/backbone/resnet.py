@@ -15,9 +15,10 @@ Parameter and buffer names follow torchvision's ResNet (`conv1`, `bn1`, `layer1.
 `layer1.0.downsample.0`, ...) so that a torchvision state_dict loads as it is; the `bn*` names are kept
 whatever the normalisation (frozen BN, BN or GroupNorm).
 
-Stride placement: the paper's bottleneck strides its first 1x1 conv; we stride the 3x3 conv instead
-("ResNet v1.5", as torchvision and detectron2 do) because the ImageNet weights we load were trained
-that way, and the same weights in the other layout would compute something else.
+Stride placement: the paper's bottleneck strides its first 1x1 conv (the MSRA Caffe models, and
+detectron2's model zoo, which starts from them); torchvision strides the 3x3 conv instead ("ResNet v1.5").
+`stride_in_1x1` picks one; the default (false) is torchvision's, because its ImageNet weights were trained
+that way and the same weights in the other layout would compute something else.
 """
 
 import os
@@ -92,16 +93,20 @@ class BasicBlock(nn.Module):
 
 
 class Bottleneck(nn.Module):
-    """1x1 reduce, 3x3 (strided), 1x1 expand x4 (depths 50+): (N, Cin, H, W) -> (N, 4*planes, H/s, W/s)."""
+    """1x1 reduce, 3x3, 1x1 expand x4 (depths 50+): (N, Cin, H, W) -> (N, 4*planes, H/s, W/s).
+
+    The stride sits on the 3x3 conv, or on the first 1x1 with `stride_in_1x1` (see the module docstring).
+    """
 
     expansion = 4
 
-    def __init__(self, *, in_channels: int, planes: int, stride: int, norm: str) -> None:
+    def __init__(self, *, in_channels: int, planes: int, stride: int, norm: str, stride_in_1x1: bool = False) -> None:
         super().__init__()
         out_channels = planes * self.expansion
-        self.conv1 = _conv1x1(in_channels, planes)
+        stride_1x1, stride_3x3 = (stride, 1) if stride_in_1x1 else (1, stride)
+        self.conv1 = _conv1x1(in_channels, planes, stride_1x1)
         self.bn1 = _make_norm(norm, planes)
-        self.conv2 = _conv3x3(planes, planes, stride)  # stride here, not on conv1: see the module docstring
+        self.conv2 = _conv3x3(planes, planes, stride_3x3)
         self.bn2 = _make_norm(norm, planes)
         self.conv3 = _conv1x1(planes, out_channels)
         self.bn3 = _make_norm(norm, out_channels)
@@ -156,13 +161,14 @@ class PreActBottleneck(nn.Module):
 
     expansion = 4
 
-    def __init__(self, *, in_channels: int, planes: int, stride: int, norm: str) -> None:
+    def __init__(self, *, in_channels: int, planes: int, stride: int, norm: str, stride_in_1x1: bool = False) -> None:
         super().__init__()
         out_channels = planes * self.expansion
+        stride_1x1, stride_3x3 = (stride, 1) if stride_in_1x1 else (1, stride)
         self.bn1 = _make_norm(norm, in_channels)
-        self.conv1 = _conv1x1(in_channels, planes)
+        self.conv1 = _conv1x1(in_channels, planes, stride_1x1)
         self.bn2 = _make_norm(norm, planes)
-        self.conv2 = _conv3x3(planes, planes, stride)
+        self.conv2 = _conv3x3(planes, planes, stride_3x3)
         self.bn3 = _make_norm(norm, planes)
         self.conv3 = _conv1x1(planes, out_channels)
         self.relu = nn.ReLU(inplace=True)
@@ -191,13 +197,17 @@ class ResNet(nn.Module):
             blocks end at the addition, so a final norm + ReLU (`post_norm`) follows layer4. No
             torchvision weights exist for this layout: it is meant for training from scratch.
         width: channels of conv1 and of res2's 3x3 convs (64 in the paper); every stage scales with it.
+        stride_in_1x1: bottlenecks that downsample stride their first 1x1 conv instead of the 3x3 (the
+            paper's and MSRA's layout; needed by MSRA .pkl and detectron2 weights). Bottlenecks only.
 
     Layers are MSRA-initialised (conv weights ~ N(0, 2/fan_in), fan_in = in_channels*kh*kw, as in
     "Delving Deep into Rectifiers"; norm weight 1, bias 0). The last norm of each residual branch is not
     zero-initialised: the paper does not do it, and with frozen BN it would switch the branch off for good.
     """
 
-    def __init__(self, *, depth: int, norm: str = "frozen_bn", preact: bool = False, width: int = 64) -> None:
+    def __init__(
+        self, *, depth: int, norm: str = "frozen_bn", preact: bool = False, width: int = 64, stride_in_1x1: bool = False
+    ) -> None:
         super().__init__()
         if depth not in STAGE_BLOCKS:
             allowed = ", ".join(map(str, STAGE_BLOCKS))
@@ -211,10 +221,15 @@ class ResNet(nn.Module):
                 f"model.backbone.width={width} does not split into {GN_GROUPS} GroupNorm groups: "
                 f"use a multiple of {GN_GROUPS} or norm=bn"
             )
+        if stride_in_1x1 and depth < 50:
+            raise UserError(
+                f"model.backbone.stride_in_1x1=true needs bottleneck blocks (depth 50, 101 or 152), got depth {depth}"
+            )
         self.depth = depth
         self.norm = norm
         self.preact = preact
         self.width = width
+        self.stride_in_1x1 = stride_in_1x1
         if preact:
             block: type[nn.Module] = PreActBasicBlock if depth < 50 else PreActBottleneck
         else:
@@ -232,7 +247,8 @@ class ResNet(nn.Module):
             blocks = []
             for j in range(num_blocks):
                 stride = 2 if i > 0 and j == 0 else 1  # res2 starts after the max pool, at stride 4 already
-                blocks.append(block(in_channels=in_channels, planes=planes, stride=stride, norm=norm))
+                extra = {"stride_in_1x1": stride_in_1x1} if depth >= 50 else {}
+                blocks.append(block(in_channels=in_channels, planes=planes, stride=stride, norm=norm, **extra))
                 in_channels = planes * block.expansion
             self.add_module(f"layer{i + 1}", nn.Sequential(*blocks))
             self.stage_channels.append(in_channels)
@@ -270,9 +286,14 @@ def _first_line(e: BaseException) -> str:
     return f"{type(e).__name__}: {text.splitlines()[0]}" if text else type(e).__name__
 
 
-def _read_state_dict(path: Path, fix: str = "re-download or re-save it", *, model_strides_1x1: bool = False) -> dict:
+def _read_state_dict(
+    path: Path, fix: str = "re-download or re-save it", *, model_strides_1x1: bool = False, input_format: str = "RGB"
+) -> dict:
     """Read a checkpoint file; return its state_dict (plain, or under "model" / "state_dict").
-    A file that records `stride_in_1x1: True` (tools/convert_weights.py on an MSRA .pkl) needs a model that does."""
+
+    A file that records `stride_in_1x1: True` (tools/convert_weights.py on an MSRA .pkl) needs a model that
+    does. A file that records the channel order its conv1 reads (`input_format`) gets conv1's input channels
+    reversed when the model is fed the other order (`input_format` here)."""
     if not path.exists():
         raise UserError(
             f"backbone weights file not found: {path} "
@@ -292,6 +313,7 @@ def _read_state_dict(path: Path, fix: str = "re-download or re-save it", *, mode
             f"{path} was converted from an MSRA/Caffe2 ResNet, which strides the first 1x1 conv of each "
             f"downsampling block: set model.backbone.stride_in_1x1=true"
         )
+    file_format = obj.get("input_format") if isinstance(obj, dict) else None
     if isinstance(obj, dict):
         for key in ("model", "state_dict"):
             if isinstance(obj.get(key), dict):
@@ -302,6 +324,9 @@ def _read_state_dict(path: Path, fix: str = "re-download or re-save it", *, mode
             f"backbone weights file {path} does not hold a state_dict (a dict of tensors, "
             f'plain or under "model" or "state_dict")'
         )
+    if file_format in ("RGB", "BGR") and file_format != input_format and "conv1.weight" in obj:
+        # (C, 3, 7, 7): RGB <-> BGR is a reversal of the input channels
+        obj = {**obj, "conv1.weight": obj["conv1.weight"].flip(1)}
     return obj
 
 
@@ -369,6 +394,11 @@ def load_resnet_weights(model: ResNet, weights: str | None, *, depth: int, input
                 f"(got preact={model.preact}, width={model.width}, norm={model.norm}): "
                 f"set model.backbone.weights to null to train from scratch"
             )
+        if model.stride_in_1x1:
+            raise UserError(
+                "torchvision's ImageNet weights stride the 3x3 conv of each downsampling block: set "
+                "model.backbone.stride_in_1x1=false, or give MSRA's R-50.pkl/R-101.pkl as model.backbone.weights"
+            )
         path, url = imagenet_weights_path(depth)
         if path.is_file():
             state_dict = _read_state_dict(path, fix=f"delete it and fetch {url} again")
@@ -381,11 +411,13 @@ def load_resnet_weights(model: ResNet, weights: str | None, *, depth: int, input
                     f"ImageNet weights for ResNet-{depth} are not in {path} and the download failed "
                     f"({_first_line(e)}): fetch {url} and save it as {path}"
                 ) from None
+        if input_format == "BGR":  # torchvision's weights read RGB: (C, 3, 7, 7) input channels reversed
+            state_dict = {**state_dict, "conv1.weight": state_dict["conv1.weight"].flip(1)}
         _load_checked(model, state_dict, f"ImageNet weights file {path}")
         return
     path = Path(weights).expanduser()
     if path.is_file() and file_kind(path) == "pickle":  # by content: an MSRA/Caffe2 ImageNet .pkl
-        if not getattr(model, "stride_in_1x1", False):  # a ResNet that cannot stride its 1x1 convs cannot run them
+        if not model.stride_in_1x1:  # MSRA weights in torchvision's layout would compute something else
             raise UserError(
                 f"{path} is an MSRA/Caffe2 ResNet, trained with the stride in the first 1x1 conv of each "
                 f"downsampling block: set model.backbone.stride_in_1x1=true (README, Model zoo)"
@@ -393,7 +425,7 @@ def load_resnet_weights(model: ResNet, weights: str | None, *, depth: int, input
         caffe2 = read_caffe2_backbone(path, depth=depth, input_format=input_format)
         _load_checked(model, caffe2.model, f"MSRA/Caffe2 weights file {path}")
         return
-    state_dict = _read_state_dict(path, model_strides_1x1=getattr(model, "stride_in_1x1", False))
+    state_dict = _read_state_dict(path, model_strides_1x1=model.stride_in_1x1, input_format=input_format)
     _load_checked(model, state_dict, f"backbone weights file {path}")
 
 
@@ -501,15 +533,17 @@ def build_resnet_c4(
     freeze_at: int = 2,
     preact: bool = False,
     width: int = 64,
+    stride_in_1x1: bool = False,
+    input_format: str = "RGB",
 ) -> tuple[nn.Module, nn.Module]:
     """Build a ResNet, load `weights` into it whole, freeze, then split it into (trunk, res5).
 
     trunk: ResNetC4Trunk, (N, 3, H, W) -> (N, C4, H/16, W/16); `out_channels` C4 = 1024 for depth >= 50,
     256 for 18/34 (at width 64). res5: ResNetRes5, (R, C4, S, S) -> (R, C5, S/2, S/2); C5 = 2048 or 512.
-    Arguments as in ResNet, load_resnet_weights and freeze.
+    Arguments as in ResNet, load_resnet_weights (`input_format`: the channel order the model is fed) and freeze.
     """
     _check_freeze_at(freeze_at)  # before a possible download
-    resnet = ResNet(depth=depth, norm=norm, preact=preact, width=width)
-    load_resnet_weights(resnet, weights, depth=depth)
+    resnet = ResNet(depth=depth, norm=norm, preact=preact, width=width, stride_in_1x1=stride_in_1x1)
+    load_resnet_weights(resnet, weights, depth=depth, input_format=input_format)
     freeze(resnet, freeze_at)
     return ResNetC4Trunk(resnet), ResNetRes5(resnet)
