@@ -117,10 +117,10 @@ def load_for_testing(cfg, *, weights: str | Path) -> tuple:
     return model, datasets
 
 
-def test(cfg, *, weights: str | Path, output_dir: Path, config_path: str | None = None) -> list[dict]:
+def test(cfg, *, weights: str | Path, output_dir: Path, config_path: str | None = None) -> dict:
     """tools/test_net.py: load `weights`, run over every `data.test` set, write files into `output_dir`.
-    Returns the metrics of each set (see `evaluate_datasets`)."""
+    Returns the metrics of `data.test[0]` (every set's are in its metrics file, see `evaluate_datasets`)."""
     model, datasets = load_for_testing(cfg, weights=weights)
     output_dir.mkdir(parents=True, exist_ok=True)
     provenance = {"config": config_path, "weights": str(weights)}
-    return evaluate_datasets(cfg, model, datasets, output_dir=output_dir, provenance=provenance)
+    return evaluate_datasets(cfg, model, datasets, output_dir=output_dir, provenance=provenance)[0]
