@@ -240,7 +240,7 @@ DEFAULTS: dict[str, Any] = {
         "warmup_iters": at_least(1000, 0),  # linear warmup length
         "warmup_factor": between(0.001, 0.0, 1.0),  # LR multiplier at iteration 0 of the warmup
         "clip_grad_norm": at_least(0.0, 0.0),  # clip the global gradient norm to this; 0: off
-        "checkpoint_period": at_least(5000, 1),  # save model_XXXXXXX.pth every this many iterations
+        "checkpoint_period": at_least(5000, 0),  # save model_XXXXXXX.pth every this many iterations; 0: only the final one
         "amp": False,  # mixed precision on CUDA (bf16 where supported, else fp16 with a grad scaler); ignored on CPU
         "cudnn_benchmark": False,  # let cuDNN pick the fastest kernels per input shape (best with fixed sizes)
         "log_period": at_least(20, 1),  # iterations between log lines
