@@ -71,7 +71,7 @@ def build_dataset(spec: dict, *, cfg: Any, is_train: bool, name: str = "dataset"
         if spec["split"] not in SPLITS:
             raise UserError(f"split must be one of {', '.join(SPLITS)}, got {spec['split']!r}")
         image_dir, json_path = ensure_shapes(cache_dir(cfg), spec["split"], spec.get("num_images"), spec.get("seed"))
-        return COCODataset(images=str(image_dir), annotations=str(json_path), transform=transform)
+        return COCODataset(images=str(image_dir), annotations=str(json_path), transform=transform, kind="shapes")
     except UserError as e:
         raise UserError(f"{name} ({fmt}): {e}") from None
 
@@ -81,7 +81,10 @@ class ConcatDataset(torch.utils.data.ConcatDataset):
 
     Keeps `class_names`, `category_ids` (of the first part) and `image_sizes` (concatenated; None if a
     part lacks them); `datasets` lists the parts and `locate(index)` says which part an index is in.
+    Its `kind` is "concat": a concatenation has no evaluator of its own (test sets are evaluated one by one).
     """
+
+    kind = "concat"
 
     def __init__(self, datasets: list):
         super().__init__(datasets)
