@@ -3,6 +3,6 @@
 from detkit.config import load_config
 from detkit.modeling.build import build_model
 from detkit.predictor import Predictor
+from detkit.version import __version__
 
-__all__ = ["load_config", "build_model", "Predictor"]
-__version__ = "0.1.0"
+__all__ = ["load_config", "build_model", "Predictor", "__version__"]

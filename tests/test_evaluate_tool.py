@@ -16,7 +16,7 @@ import yaml
 from detkit.data.voc import VOCDataset
 from detkit.evaluation.coco import evaluate_results
 from detkit.evaluation.results import save_results
-from detkit.evaluation.submission import read_sidecar, write_sidecar
+from detkit.evaluation.provenance import read_sidecar, write_sidecar
 from detkit.evaluation.voc import evaluate_voc_results
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -1,4 +1,5 @@
-"""Leaderboard submissions, provenance sidecars and the COCOeval backends (detkit.evaluation.submission)."""
+"""Leaderboard submissions (detkit.evaluation.submission), provenance sidecars (detkit.evaluation.provenance),
+the COCOeval backends (detkit.evaluation.coco) and the metrics file name of offline evaluation."""
 
 import contextlib
 import io
@@ -14,19 +15,16 @@ import pytest
 from pycocotools.coco import COCO
 
 from detkit.errors import UserError
+from detkit.engine.saved_results import metrics_path_for
+from detkit.evaluation.coco import cocoeval_stats, make_cocoeval
+from detkit.evaluation.provenance import read_sidecar, sidecar_path, write_sidecar
 from detkit.evaluation.submission import (
-    cocoeval_stats,
     format_submission,
     keep_images,
-    make_cocoeval,
     make_submission,
-    metrics_path_for,
-    read_sidecar,
-    sidecar_path,
     submission_name,
     submission_notes,
     validate_submission,
-    write_sidecar,
 )
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -4,8 +4,9 @@ import pytest
 import torch
 
 from detkit import build_model, load_config
-from detkit.engine.benchmark import calibrated_resnet_weights, compare_detections, spread_class_scores
-from detkit.engine.torchvision_reference import build_torchvision_equivalent, torchvision_detections
+from detkit.benchmark.compare import compare_detections
+from detkit.benchmark.random_weights import calibrated_resnet_weights, spread_class_scores
+from detkit.benchmark.torchvision_reference import build_torchvision_equivalent, torchvision_detections
 from detkit.errors import UserError
 from detkit.modeling.optimize import optimize_for_inference
 

@@ -48,7 +48,7 @@ def main() -> None:
         model.roi_heads.box_refinement = refine
         row_dir = out / f"{i}_{name.strip('+ ').replace(' ', '_').replace('(', '').replace(')', '').replace(',', '')}"
         row_dir.mkdir(parents=True, exist_ok=True)
-        metrics = evaluate_datasets(row_cfg, model, datasets, output_dir=row_dir)
+        metrics = evaluate_datasets(row_cfg, model, datasets, output_dir=row_dir)[0]
         table.append(f"{name:<34} {metrics.get('AP50', float('nan')):>7.1f} {metrics.get('AP', float('nan')):>11.1f}")
         print("\n".join(table))
     text = "\n".join(table)

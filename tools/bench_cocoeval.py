@@ -16,7 +16,7 @@ import time
 import numpy as np
 from pycocotools.coco import COCO
 
-from detkit.evaluation.submission import COCO_BACKENDS, make_cocoeval
+from detkit.evaluation.coco import COCO_BACKENDS, make_cocoeval
 
 # COCO's 80 category ids: 1..90 without the 10 unused ones.
 COCO_CATEGORY_IDS = [i for i in range(1, 91) if i not in (12, 26, 29, 30, 45, 66, 68, 69, 71, 83)]

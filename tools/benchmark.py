@@ -18,19 +18,18 @@ import torch
 from detkit.config import load_config
 from detkit.data.build import build_datasets
 from detkit.data.loader import build_train_loader
-from detkit.engine.benchmark import (
-    calibrated_resnet_weights,
+from detkit.benchmark.compare import compare_detections
+from detkit.benchmark.random_weights import calibrated_resnet_weights, spread_class_scores
+from detkit.benchmark.timing import (
     count_flops,
     matmul_gflops,
-    compare_detections,
-    spread_class_scores,
     time_inference,
     time_interleaved,
     time_torchvision_trunk,
     time_training,
 )
+from detkit.benchmark.torchvision_reference import build_torchvision_equivalent, torchvision_detections
 from detkit.engine.setup import ArgumentParser, seed_everything, user_errors_exit
-from detkit.engine.torchvision_reference import build_torchvision_equivalent, torchvision_detections
 from detkit.modeling.build import build_model
 from detkit.modeling.optimize import optimize_for_inference
 

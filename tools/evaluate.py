@@ -8,7 +8,8 @@ prints, and writes metrics.json beside the results (detections_1.json -> metrics
 
 from detkit.config import load_config
 from detkit.engine.setup import ArgumentParser, setup_logging, user_errors_exit
-from detkit.evaluation.submission import COCO_BACKENDS, evaluate_saved_results
+from detkit.engine.saved_results import evaluate_saved_results
+from detkit.evaluation.coco import COCO_BACKENDS
 
 
 @user_errors_exit

@@ -12,7 +12,6 @@ that are empty once clipped to the image; `box_stats` counts what was clipped an
 
 import contextlib
 import io
-import json
 import warnings
 from collections.abc import Callable
 from pathlib import Path
@@ -23,18 +22,13 @@ import torch
 from pycocotools.coco import COCO
 
 from detkit.errors import UserError
+from detkit.json_file import read_json
 
 Transform = Callable[[np.ndarray, np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray, np.ndarray]]
 
 
 def _load_json(path: Path) -> dict:
-    if not path.is_file():
-        raise UserError(f"COCO annotation file not found: {path}")
-    try:
-        with open(path, encoding="utf-8") as f:
-            data = json.load(f)
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise UserError(f"COCO annotation file {path} is not valid JSON: {e}") from None
+    data = read_json(path, "COCO annotation file")
     if not isinstance(data, dict) or not isinstance(data.get("images"), list):
         raise UserError(f"COCO annotation file {path} has no 'images' list; is it a COCO instances json?")
     if not isinstance(data.get("categories"), list) or not data["categories"]:
@@ -70,11 +64,20 @@ class COCODataset(torch.utils.data.Dataset):
         has_annotations False for an `image_info` json (test-dev): items then have empty targets
         box_stats       {"total", "crowd", "clipped", "degenerate", "kept"} annotation counts over the
                         whole json ("clipped": boxes that reached outside their image)
+        kind            "coco" (any instances json) or "shapes" (the embedded set), given by the builder;
+                        `detkit.evaluation.build.build_evaluator` picks the evaluator by it
     """
 
     def __init__(
-        self, *, images: str, annotations: str, transform: Transform | None = None, filter_empty: bool = False
+        self,
+        *,
+        images: str,
+        annotations: str,
+        transform: Transform | None = None,
+        filter_empty: bool = False,
+        kind: str = "coco",
     ):
+        self.kind = kind
         self.image_dir = Path(images).expanduser()
         ann_path = Path(annotations).expanduser()
         data = _load_json(ann_path)  # checked first: the json is the more common mistake

@@ -130,6 +130,8 @@ class VOCDataset(torch.utils.data.Dataset):
     function drops such items. Annotations are parsed once, at construction, and kept in memory.
     """
 
+    kind = "voc"  # `detkit.evaluation.build.build_evaluator` picks the VOC rule by it
+
     def __init__(
         self,
         *,

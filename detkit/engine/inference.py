@@ -12,23 +12,13 @@ from detkit.data.build import build_datasets
 from detkit.data.loader import build_test_loader
 from detkit.engine.distributed import all_gather, is_main_process, rank, world_size
 from detkit.errors import UserError
-from detkit.evaluation.coco import COCOEvaluator
+from detkit.evaluation.build import build_evaluator
+from detkit.evaluation.provenance import write_sidecar
 from detkit.evaluation.results import save_results, to_coco_results
-from detkit.evaluation.submission import write_sidecar
-from detkit.evaluation.voc import VOCEvaluator
 from detkit.modeling.build import load_detector
 from detkit.modeling.test_time import detect
 
 logger = logging.getLogger("detkit")
-
-
-def build_evaluator(dataset):
-    """COCO-format sets with annotations -> COCOEvaluator; VOC -> VOCEvaluator; no ground truth -> None."""
-    if hasattr(dataset, "year") and hasattr(dataset, "annotations"):
-        return VOCEvaluator(dataset_annotations=dataset.annotations, class_names=dataset.class_names, year=dataset.year)
-    if getattr(dataset, "coco", None) is not None and getattr(dataset, "has_annotations", True):
-        return COCOEvaluator(coco_gt=dataset.coco, category_ids=dataset.category_ids, class_names=dataset.class_names)
-    return None
 
 
 @torch.inference_mode()
@@ -68,15 +58,17 @@ def run_inference(
     return all_targets, all_outputs
 
 
-def evaluate_datasets(cfg, model, datasets: list, *, output_dir: Path | None, provenance: dict | None = None) -> dict:
-    """Run and evaluate each test dataset. With `output_dir`, writes detections.json and metrics.json there.
+def evaluate_datasets(
+    cfg, model, datasets: list, *, output_dir: Path | None, provenance: dict | None = None
+) -> list[dict]:
+    """Run and evaluate each test dataset. With `output_dir`, writes detections.json and metrics.json there
+    (the files of `data.test[i]` get a `_<i>` suffix after the first).
 
-    Returns the first dataset's metrics; with several datasets each one's metrics are also under
-    `datasets` (keyed by position and format) and their files get a `_<i>` suffix after the first.
+    Returns one metrics dict per dataset, in `data.test` order: {} for a set without ground truth.
     Under torchrun all processes run inference on their share; the main process evaluates and writes
-    (the others return {}).
+    (the others get {} for every set).
     """
-    all_metrics = {}
+    all_metrics = []
     for i, dataset in enumerate(datasets):
         targets, outputs = run_inference(
             model,
@@ -88,6 +80,7 @@ def evaluate_datasets(cfg, model, datasets: list, *, output_dir: Path | None, pr
             desc=f"test[{i}]",
         )
         if not is_main_process():
+            all_metrics.append({})
             continue
         evaluator = build_evaluator(dataset)
         suffix = "" if i == 0 else f"_{i}"
@@ -111,11 +104,8 @@ def evaluate_datasets(cfg, model, datasets: list, *, output_dir: Path | None, pr
                 f"{len(outputs)} images written to {where}, not evaluated; for the COCO server run "
                 "tools/make_submission.py (README: COCO leaderboard)"
             )
-        all_metrics[f"{i}:{cfg.data.test[i].get('format', '?')}"] = metrics
-    first = next(iter(all_metrics.values()), {})
-    if len(all_metrics) > 1:
-        first = {**first, "datasets": all_metrics}
-    return first
+        all_metrics.append(metrics)
+    return all_metrics
 
 
 def load_for_testing(cfg, *, weights: str | Path) -> tuple:
@@ -128,8 +118,9 @@ def load_for_testing(cfg, *, weights: str | Path) -> tuple:
 
 
 def test(cfg, *, weights: str | Path, output_dir: Path, config_path: str | None = None) -> dict:
-    """tools/test_net.py: load `weights`, run over every `data.test` set, write files into `output_dir`."""
+    """tools/test_net.py: load `weights`, run over every `data.test` set, write files into `output_dir`.
+    Returns the metrics of `data.test[0]` (every set's are in its metrics file, see `evaluate_datasets`)."""
     model, datasets = load_for_testing(cfg, weights=weights)
     output_dir.mkdir(parents=True, exist_ok=True)
     provenance = {"config": config_path, "weights": str(weights)}
-    return evaluate_datasets(cfg, model, datasets, output_dir=output_dir, provenance=provenance)
+    return evaluate_datasets(cfg, model, datasets, output_dir=output_dir, provenance=provenance)[0]

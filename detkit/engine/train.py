@@ -56,7 +56,8 @@ def format_eta(seconds: float) -> str:
 
 
 def train(cfg, *, output_dir: Path, resume: bool = False) -> dict:
-    """Train the detector described by `cfg`, writing everything into `output_dir`. Returns the final metrics."""
+    """Train the detector described by `cfg`, writing everything into `output_dir`.
+    Returns the final metrics of `data.test[0]` ({} without test sets); every set's files are in `output_dir`."""
     s = cfg.solver
     cfg.model.device = init_distributed(cfg.model.device)
     main = is_main_process()
@@ -204,7 +205,7 @@ def train(cfg, *, output_dir: Path, resume: bool = False) -> dict:
             save(done, checkpoint_name(done))
         eval_period = cfg.test.eval_period
         if test_sets and eval_period > 0 and done % eval_period == 0 and done < s.max_iter:
-            metrics = evaluate_datasets(cfg, model, test_sets, output_dir=None)
+            metrics = evaluate_datasets(cfg, model, test_sets, output_dir=None)[0]
             logger.info(f"evaluation at iteration {done}: {json.dumps(summary(metrics))}")
             model.train()
     bar.close()
@@ -213,7 +214,7 @@ def train(cfg, *, output_dir: Path, resume: bool = False) -> dict:
     logger.info(f"training finished: {s.max_iter - start_iter} iterations in {format_eta(elapsed)}")
     save(s.max_iter, "model_final.pth")
     if test_sets:
-        metrics = evaluate_datasets(cfg, model, test_sets, output_dir=output_dir)
+        metrics = evaluate_datasets(cfg, model, test_sets, output_dir=output_dir)[0]
         logger.info(f"final evaluation: {json.dumps(summary(metrics))}")
     if writer is not None:
         for k, v in summary(metrics).items():

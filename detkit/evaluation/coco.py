@@ -2,6 +2,8 @@
 
 `COCOEvaluator` accumulates detections image by image (reset / process / evaluate) and
 `evaluate_results` scores a list of COCO result dicts, e.g. a saved `detections.json`.
+`make_cocoeval` picks the COCOeval implementation: pycocotools (the reference) or
+faster-coco-eval (the same numbers, computed in C++).
 Metrics are percent values: AP (mean over IoU .50:.05:.95), AP50, AP75, APs, APm, APl
 (101-point interpolated precision, 100 detections per image), and `per_class` {name: AP}.
 A metric without ground truth to measure (a class, or an area range, absent from the
@@ -10,15 +12,51 @@ evaluated images) is None, where pycocotools reports -1.
 
 import contextlib
 import copy
+import io
 import math
 
+import numpy as np
 from pycocotools.coco import COCO
 
 from detkit.errors import UserError
 from detkit.evaluation.results import to_coco_results
-from detkit.evaluation.submission import make_cocoeval
 
 SUMMARY_KEYS = ("AP", "AP50", "AP75", "APs", "APm", "APl")  # the first six numbers of COCOeval.stats
+COCO_BACKENDS = ("pycocotools", "faster_coco_eval")
+
+
+def make_cocoeval(coco_gt, coco_dt, *, backend: str = "pycocotools"):
+    """A bbox COCOeval over pycocotools `COCO` objects, from pycocotools or faster-coco-eval.
+
+    Both expose `params`, `evaluate()`, `accumulate()`, `summarize()`, `stats` (12 numbers) and
+    `eval["precision"]` (T, R, K, A, M) with the same meaning; faster-coco-eval computes them in C++.
+    """
+    if backend == "pycocotools":
+        from pycocotools.cocoeval import COCOeval
+
+        return COCOeval(coco_gt, coco_dt, iouType="bbox")
+    if backend == "faster_coco_eval":
+        try:
+            from faster_coco_eval import COCOeval_faster
+        except ImportError:
+            raise UserError(
+                "the faster_coco_eval backend needs the faster-coco-eval package: pip install faster-coco-eval"
+            ) from None
+        return COCOeval_faster(coco_gt, coco_dt, iouType="bbox", print_function=print)
+    raise UserError(f"unknown COCO evaluation backend {backend!r}; choose one of {', '.join(COCO_BACKENDS)}")
+
+
+def cocoeval_stats(coco_gt, results: list[dict], *, backend: str = "pycocotools", quiet: bool = True):
+    """pycocotools' 12 summary numbers (fractions, -1: nothing to measure) and the precision array
+    (T, R, K, A, M) of `results` against `coco_gt` (every image and category), with `backend`."""
+    out = io.StringIO() if quiet else None
+    with contextlib.redirect_stdout(out) if quiet else contextlib.nullcontext():
+        coco_dt = coco_gt.loadRes([dict(r, bbox=list(r["bbox"])) for r in results])
+        evaluator = make_cocoeval(coco_gt, coco_dt, backend=backend)
+        evaluator.evaluate()
+        evaluator.accumulate()
+        evaluator.summarize()
+    return np.asarray(evaluator.stats[:12], dtype=np.float64), np.asarray(evaluator.eval["precision"])
 
 
 def _percent(value: float) -> float | None:
@@ -144,14 +182,18 @@ class COCOEvaluator:
         coco_gt: the test set's ground truth.
         category_ids: the dataset's category id of each contiguous class index.
         class_names: the name of each class index.
+        backend: the COCOeval implementation (`COCO_BACKENDS`).
     """
 
-    def __init__(self, *, coco_gt: COCO, category_ids: list[int], class_names: list[str]):
+    def __init__(
+        self, *, coco_gt: COCO, category_ids: list[int], class_names: list[str], backend: str = "pycocotools"
+    ):
         if len(class_names) != len(category_ids):
             raise ValueError(f"{len(class_names)} class names but {len(category_ids)} category ids")
         self.coco_gt = coco_gt
         self.category_ids = list(category_ids)
         self.class_names = list(class_names)
+        self.backend = backend
         self.reset()
 
     def reset(self) -> None:
@@ -182,9 +224,14 @@ class COCOEvaluator:
         """Metrics over exactly the processed images; see `evaluate_results`."""
         if not self._img_ids:
             raise ValueError("COCOEvaluator.evaluate() called before any process()")
+        return self.evaluate_results(self._results, self.image_ids)
+
+    def evaluate_results(self, results: list[dict], image_ids: list[int] | None) -> dict:
+        """Metrics of result dicts made elsewhere (a saved `detections.json`) over `image_ids`
+        (None: every image of the ground truth); see `evaluate_results`."""
         return evaluate_results(
-            self.coco_gt, self._results, self.class_names, self.category_ids, img_ids=self.image_ids
+            self.coco_gt, results, self.class_names, self.category_ids, img_ids=image_ids, backend=self.backend
         )
 
 
-__all__ = ["COCOEvaluator", "evaluate_results", "format_per_class_table"]
+__all__ = ["COCO_BACKENDS", "COCOEvaluator", "cocoeval_stats", "evaluate_results", "format_per_class_table", "make_cocoeval"]

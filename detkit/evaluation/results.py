@@ -11,7 +11,6 @@ files small and is far below any effect on AP; detections whose rounded scores t
 in which they were produced (the evaluators sort stably).
 """
 
-import json
 import math
 import os
 from pathlib import Path
@@ -20,6 +19,7 @@ import numpy as np
 
 from detkit.atomic_write import write_json
 from detkit.errors import UserError
+from detkit.json_file import read_json
 
 BBOX_DECIMALS = 2
 SCORE_DECIMALS = 5
@@ -84,7 +84,8 @@ def save_results(path: str | os.PathLike, results: list[dict]) -> None:
     write_json(path, results, allow_nan=False)
 
 
-def _is_number(v) -> bool:
+def is_number(v) -> bool:
+    """A JSON number: int or float, not bool."""
     return isinstance(v, (int, float)) and not isinstance(v, bool)
 
 
@@ -100,13 +101,13 @@ def _check_entry(entry) -> str | None:
         return f"has image_id {image_id!r} (an int or a string expected)"
     if isinstance(category_id, bool) or not isinstance(category_id, int):
         return f"has category_id {category_id!r} (an int expected)"
-    if not isinstance(bbox, list) or len(bbox) != 4 or not all(_is_number(v) for v in bbox):
+    if not isinstance(bbox, list) or len(bbox) != 4 or not all(is_number(v) for v in bbox):
         return f"has bbox {bbox!r} (four numbers [x, y, w, h] expected)"
     if not all(math.isfinite(v) for v in bbox):
         return f"has a non-finite bbox {bbox!r}"
     if bbox[2] < 0 or bbox[3] < 0:
         return f"has a bbox with negative width or height {bbox!r}"
-    if not _is_number(score) or not math.isfinite(score):
+    if not is_number(score) or not math.isfinite(score):
         return f"has score {score!r} (a finite number expected)"
     return None
 
@@ -119,13 +120,7 @@ def load_results(path: str | os.PathLike) -> list[dict]:
             a non-finite / malformed value (the message names the file and the first bad index).
     """
     path = Path(path)
-    if not path.is_file():
-        raise UserError(f"results file not found: {path}")
-    try:
-        with open(path) as f:
-            data = json.load(f)
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise UserError(f"results file {path} is not valid JSON ({e}); write it with detkit's test_net.py") from None
+    data = read_json(path, "results file", hint="write it with detkit's test_net.py")
     if not isinstance(data, list):
         raise UserError(
             f"results file {path} must hold a JSON list of detections, got a {type(data).__name__}"

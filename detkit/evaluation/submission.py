@@ -1,8 +1,7 @@
-"""Saved detections after the run: COCO leaderboard submissions, offline evaluation, provenance.
+"""COCO leaderboard submissions (test-dev / test-challenge) from a saved detections file.
 
-Leaderboard (COCO test-dev / test-challenge): the server takes a zip holding one json named
-`detections_<split>_<method>_results.json`, a list of `{image_id, category_id, bbox, score}` in the
-COCO results format:
+The server takes a zip holding one json named `detections_<split>_<method>_results.json`, a list
+of `{image_id, category_id, bbox, score}` in the COCO results format:
   - `image_id`: an id of the split's image-info json (`image_info_test-dev2017.json`); an image
     without detections is allowed (it only costs recall);
   - `category_id`: COCO's original ids (1..90 with gaps), never contiguous class indices;
@@ -12,24 +11,12 @@ COCO results format:
   - `score`: a float, rounded to 5 decimals;
   - at most 100 detections per image: AP is measured on the 100 highest-scored detections of
     each image, so `format_submission` keeps those and drops the rest.
-
-Offline evaluation: `evaluate_saved_results` scores a saved `detections.json` against a configured
-test set without a model (`tools/evaluate.py`). `make_cocoeval` picks the COCOeval implementation:
-pycocotools (the reference) or faster-coco-eval (the same numbers, computed in C++).
-
-Provenance: `write_sidecar(path, **info)` writes `<stem>.meta.json` beside a results or metrics
-file (creation time, detkit version and git commit, plus the caller's config, weights, ...).
 """
 
-import contextlib
-import io
-import json
 import math
 import os
-import subprocess
 import zipfile
 from collections import Counter, defaultdict
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -37,27 +24,16 @@ import numpy as np
 
 from detkit.atomic_write import write_atomically, write_json
 from detkit.errors import UserError
-from detkit.evaluation.results import BBOX_DECIMALS, RESULT_KEYS, SCORE_DECIMALS, load_results
+from detkit.evaluation.provenance import write_sidecar
+from detkit.evaluation.results import BBOX_DECIMALS, RESULT_KEYS, SCORE_DECIMALS, is_number
+from detkit.json_file import read_json
 
 MAX_DETECTIONS_PER_IMAGE = 100  # COCO's maxDets for AP
-COCO_BACKENDS = ("pycocotools", "faster_coco_eval")
 _EXAMPLES = 3  # how many offending entries a problem message quotes
 
 
 # ---------------------------------------------------------------------------------------------
 # Reading files
-
-
-def read_json(path: str | os.PathLike, what: str) -> Any:
-    """The parsed content of a JSON file; a missing or malformed file is a one-line `UserError`."""
-    path = Path(path)
-    if not path.is_file():
-        raise UserError(f"{what} not found: {path}")
-    try:
-        with open(path, encoding="utf-8") as f:
-            return json.load(f)
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise UserError(f"{what} {path} is not valid JSON ({e})") from None
 
 
 def read_image_info(path: str | os.PathLike) -> dict:
@@ -90,11 +66,8 @@ def _image_info_ids(image_info: dict | str | os.PathLike) -> tuple[list[int], se
 # Leaderboard submissions
 
 
-def _is_number(v) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool)
-
-
-def _short_list(values, limit: int = 8) -> str:
+def short_list(values, limit: int = 8) -> str:
+    """`[a, b, c, ...]`: the first `limit` values, for messages."""
     values = list(values)
     text = ", ".join(str(v) for v in values[:limit])
     return f"[{text}{', ...' if len(values) > limit else ''}]"
@@ -143,20 +116,20 @@ def validate_submission(
             per_image[image_id] += 1
         if isinstance(category_id, bool) or not isinstance(category_id, int) or category_id not in category_ids:
             note("category", f"entry {i} category_id {category_id!r}")
-        if not isinstance(bbox, list) or len(bbox) != 4 or not all(_is_number(v) for v in bbox):
+        if not isinstance(bbox, list) or len(bbox) != 4 or not all(is_number(v) for v in bbox):
             note("bbox", f"entry {i} bbox {bbox!r}")
         elif not all(math.isfinite(v) for v in bbox):
             note("finite", f"entry {i} bbox {bbox!r}")
         elif bbox[2] < 0 or bbox[3] < 0:
             note("negative", f"entry {i} bbox {bbox!r}")
-        if not _is_number(score) or not math.isfinite(score):
+        if not is_number(score) or not math.isfinite(score):
             note("score", f"entry {i} score {score!r}")
     if max_per_image is not None:
         for image_id, n in per_image.items():
             if n > max_per_image:
                 note("count", f"image {image_id} has {n}")
 
-    categories = _short_list(sorted(category_ids))
+    categories = short_list(sorted(category_ids))
     messages = {
         "malformed": lambda n: f"{n} entries are not {{image_id, category_id, bbox, score}} objects",
         "image": lambda n: f"{n} detections name an image that {name} does not hold (its ids are integers);"
@@ -188,7 +161,7 @@ def submission_notes(results: list[dict], image_info: dict | str | os.PathLike) 
     ]
     if empty:
         notes.append(
-            f"{len(empty)} images have no detection (allowed: they only cost recall), e.g. {_short_list(empty, 5)}"
+            f"{len(empty)} images have no detection (allowed: they only cost recall), e.g. {short_list(empty, 5)}"
         )
     return notes
 
@@ -307,194 +280,3 @@ def make_submission(
     )
     write_sidecar(json_path, results=str(results_path), image_info=str(image_info_path), split=split, method=method)
     return json_path, zip_path, notes
-
-
-# ---------------------------------------------------------------------------------------------
-# Offline evaluation
-
-
-def make_cocoeval(coco_gt, coco_dt, *, backend: str = "pycocotools"):
-    """A bbox COCOeval over pycocotools `COCO` objects, from pycocotools or faster-coco-eval.
-
-    Both expose `params`, `evaluate()`, `accumulate()`, `summarize()`, `stats` (12 numbers) and
-    `eval["precision"]` (T, R, K, A, M) with the same meaning; faster-coco-eval computes them in C++.
-    """
-    if backend == "pycocotools":
-        from pycocotools.cocoeval import COCOeval
-
-        return COCOeval(coco_gt, coco_dt, iouType="bbox")
-    if backend == "faster_coco_eval":
-        try:
-            from faster_coco_eval import COCOeval_faster
-        except ImportError:
-            raise UserError(
-                "the faster_coco_eval backend needs the faster-coco-eval package: pip install faster-coco-eval"
-            ) from None
-        return COCOeval_faster(coco_gt, coco_dt, iouType="bbox", print_function=print)
-    raise UserError(f"unknown COCO evaluation backend {backend!r}; choose one of {', '.join(COCO_BACKENDS)}")
-
-
-def cocoeval_stats(coco_gt, results: list[dict], *, backend: str = "pycocotools", quiet: bool = True):
-    """pycocotools' 12 summary numbers (fractions, -1: nothing to measure) and the precision array
-    (T, R, K, A, M) of `results` against `coco_gt` (every image and category), with `backend`."""
-    out = io.StringIO() if quiet else None
-    with contextlib.redirect_stdout(out) if quiet else contextlib.nullcontext():
-        coco_dt = coco_gt.loadRes([dict(r, bbox=list(r["bbox"])) for r in results])
-        evaluator = make_cocoeval(coco_gt, coco_dt, backend=backend)
-        evaluator.evaluate()
-        evaluator.accumulate()
-        evaluator.summarize()
-    return np.asarray(evaluator.stats[:12], dtype=np.float64), np.asarray(evaluator.eval["precision"])
-
-
-def metrics_path_for(results_path: str | os.PathLike) -> Path:
-    """`metrics.json` beside the results; `detections_1.json` -> `metrics_1.json` (test_net's naming)."""
-    results_path = Path(results_path)
-    stem = results_path.stem
-    name = "metrics" + stem[len("detections") :] if stem.startswith("detections") else "metrics"
-    return results_path.with_name(name + ".json")
-
-
-def check_result_ids(results: list[dict], dataset, where: str) -> None:
-    """Every result names an image and a category of `dataset`, else a one-line `UserError`."""
-    image_ids = set(dataset.image_ids)
-    category_ids = set(dataset.category_ids)
-    for i, r in enumerate(results):
-        if r["image_id"] not in image_ids:
-            kind = "file stems such as '000005'" if hasattr(dataset, "year") else "the json's integer ids"
-            raise UserError(
-                f"detection {i} has image_id {r['image_id']!r}, which {where} does not hold (its ids are {kind}); "
-                "evaluate against the dataset the detections were made on"
-            )
-        if r["category_id"] not in category_ids:
-            raise UserError(
-                f"detection {i} has category_id {r['category_id']!r}, not one of {where}'s category ids "
-                f"{_short_list(sorted(category_ids))}; results use the dataset's ids, not class indices"
-            )
-
-
-def evaluate_saved_results(
-    cfg,
-    results_path: str | os.PathLike,
-    *,
-    dataset_index: int = 0,
-    backend: str = "pycocotools",
-    metrics_path: str | os.PathLike | None = None,
-    config_path: str | None = None,
-) -> tuple[dict, Path]:
-    """tools/evaluate.py: score a saved results file against `data.test[dataset_index]`, no model.
-
-    COCO-format sets are scored by `detkit.evaluation.coco.evaluate_results`, VOC sets by
-    `detkit.evaluation.voc.evaluate_voc_results` (the rule of the set's year), both over every
-    image of the set, as tools/test_net.py does. Prints the same tables; writes the metrics to
-    `metrics_path` (default `metrics_path_for(results_path)`) with a `.meta.json` sidecar.
-
-    Returns:
-        (metrics dict in percent, the metrics file's path).
-    """
-    from detkit.data.build import build_dataset
-    from detkit.evaluation.coco import evaluate_results
-    from detkit.evaluation.voc import evaluate_voc_results
-
-    specs = cfg.data.test
-    if not isinstance(specs, list) or not specs:
-        raise UserError("data.test is empty: name the dataset the detections were made on")
-    if not 0 <= dataset_index < len(specs):
-        raise UserError(f"--dataset-index {dataset_index} is out of range: data.test has {len(specs)} dataset(s)")
-    where = f"data.test[{dataset_index}]"
-    results = load_results(results_path)  # missing / malformed file -> UserError
-    dataset = build_dataset(specs[dataset_index], cfg=cfg, is_train=False, name=where)
-    check_result_ids(results, dataset, where)
-
-    if hasattr(dataset, "year") and hasattr(dataset, "annotations"):  # VOC
-        if backend != "pycocotools":
-            print(f"note: --backend applies to COCO-format sets; {where} is a VOC set, scored by the VOC rule")
-        metrics = evaluate_voc_results(
-            results,
-            dataset.annotations,
-            dataset.class_names,
-            None,  # the rule of the set's year
-            image_ids=list(dataset.image_ids),
-            year=dataset.year,
-        )
-    else:
-        if not getattr(dataset, "has_annotations", True):
-            raise UserError(
-                f"{where} has no annotations (an image-info file such as test-dev): there is nothing to evaluate "
-                "against; make a leaderboard submission with tools/make_submission.py instead"
-            )
-        # The default call stays valid whether or not evaluate_results takes a backend.
-        extra = {} if backend == "pycocotools" else {"backend": backend}
-        metrics = evaluate_results(
-            dataset.coco, results, dataset.class_names, dataset.category_ids, img_ids=list(dataset.image_ids), **extra
-        )
-
-    metrics_path = Path(metrics_path) if metrics_path is not None else metrics_path_for(results_path)
-    metrics_path.parent.mkdir(parents=True, exist_ok=True)
-    write_json(metrics_path, metrics, indent=2)
-    write_sidecar(
-        metrics_path,
-        command="evaluate",
-        config=config_path,
-        results=str(results_path),
-        dataset=dict(specs[dataset_index]),
-        backend=backend,
-        results_meta=read_sidecar(results_path),
-    )
-    return metrics, metrics_path
-
-
-# ---------------------------------------------------------------------------------------------
-# Provenance sidecars
-
-
-def sidecar_path(path: str | os.PathLike) -> Path:
-    """`detections.json` -> `detections.meta.json`."""
-    path = Path(path)
-    return path.with_name(path.stem + ".meta.json")
-
-
-def _git_commit() -> str | None:
-    """The commit of detkit's source checkout, '+dirty' when it has changes; None outside git."""
-    here = Path(__file__).resolve().parent
-    try:
-        head = subprocess.run(
-            ["git", "-C", str(here), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5, check=True
-        ).stdout.strip()
-        dirty = subprocess.run(
-            ["git", "-C", str(here), "status", "--porcelain", "--untracked-files=no"],
-            capture_output=True, text=True, timeout=5, check=True,
-        ).stdout.strip()  # fmt: skip
-    except (OSError, subprocess.SubprocessError):
-        return None
-    return head + ("+dirty" if dirty else "") if head else None
-
-
-def write_sidecar(path: str | os.PathLike, **info) -> Path:
-    """Write `<stem>.meta.json` beside `path`: the file's name, creation time (UTC, ISO 8601),
-    detkit version, git commit, and `info` (config path, weights, ...; Paths and other objects are
-    written as strings). Returns the sidecar's path."""
-    import detkit  # here, not at the top: detkit/__init__ may still be importing this module
-
-    path = Path(path)
-    record = {
-        "file": path.name,
-        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "detkit_version": getattr(detkit, "__version__", None),
-        "git_commit": _git_commit(),
-        **info,
-    }
-    target = sidecar_path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    write_json(target, record, indent=2, default=str)
-    return target
-
-
-def read_sidecar(path: str | os.PathLike) -> dict | None:
-    """The sidecar of `path` as a dict, or None when there is none (or it is unreadable)."""
-    target = sidecar_path(path)
-    try:
-        data = json.loads(target.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
-    return data if isinstance(data, dict) else None

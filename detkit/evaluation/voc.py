@@ -319,10 +319,11 @@ class VOCEvaluator:
         """{"AP50", "AP", "per_class"} over exactly the processed images; see `evaluate_voc_results`."""
         if not self._image_ids:
             raise ValueError("VOCEvaluator.evaluate() called before any process()")
+        return self.evaluate_results(self._results, self._image_ids)
+
+    def evaluate_results(self, results: list[dict], image_ids: list[str]) -> dict:
+        """Metrics of result dicts made elsewhere (a saved `detections.json`) over `image_ids`;
+        see `evaluate_voc_results`."""
         return evaluate_voc_results(
-            self._results,
-            self.dataset_annotations,
-            self.class_names,
-            self.use_11_point,
-            image_ids=self._image_ids,
+            results, self.dataset_annotations, self.class_names, self.use_11_point, image_ids=image_ids
         )

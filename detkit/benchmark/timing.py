@@ -1,10 +1,10 @@
-"""Timing of inference (per stage) and training iterations, with a reference measured in the same run.
+"""Timing of inference (per stage) and training iterations, with a reference measured in the same run;
+FLOP counts and peak memory.
 
 Times are medians over `runs` after `warmup` untimed runs; the spread is (min, max). Compare ratios
 within one run rather than absolute numbers across runs: shared machines are noisy.
 """
 
-import math
 import resource
 import statistics
 import time
@@ -15,23 +15,6 @@ import torchvision
 from torch.utils.flop_counter import FlopCounterMode
 
 from detkit.modeling.detector import FasterRCNN
-from detkit.structures.boxes import box_iou
-
-
-@torch.no_grad()
-def calibrated_resnet_weights(depth: int, path) -> None:
-    """Save a torchvision-format ResNet state_dict with random weights whose BN statistics are measured
-    on random images, so a benchmark without downloaded weights sees activations of a realistic scale
-    (uncalibrated deep random ResNets produce huge features, and then an RPN keeps no proposal)."""
-    torch.manual_seed(0)
-    net = getattr(torchvision.models, f"resnet{depth}")()
-    for module in net.modules():
-        if isinstance(module, torch.nn.BatchNorm2d):
-            module.momentum = None  # cumulative average over the calibration batches
-    net.train()
-    for _ in range(2):
-        net(torch.randn(4, 3, 224, 224))
-    torch.save(net.state_dict(), path)
 
 
 def _summary(times: list[float]) -> dict:
@@ -169,50 +152,3 @@ def matmul_gflops(*, device: torch.device, n: int = 2048, runs: int = 5) -> floa
         _sync(device)
         best = min(best, time.perf_counter() - tic)
     return 2 * n**3 / best / 1e9
-
-
-def compare_detections(a: dict, b: dict, *, min_iou: float = 0.99, score_tol: float = 0.05) -> dict:
-    """Whether two detection sets of one image are the same up to order and numerical error.
-
-    Each detection of one set needs a counterpart in the other with the same label, IoU >= `min_iou` and a
-    score within `score_tol`, except detections scored within `score_tol` of the lower of the two sets'
-    lowest kept scores: a float-level difference may decide which of two nearly tied detections makes the
-    top-N cut. The tolerances are not float epsilons because, with roi_pool, a box moved by a float-level
-    amount can cross an integer bin boundary and pool a slightly different region (measured on R101 at
-    800 px: scores move by up to ~0.03 with BN folded and channels-last layout together).
-    Returns {"same", "worst_iou", "max_score_diff", "counts"}: the worst IoU and the largest score
-    difference over the detections that must match, each paired with its best same-label counterpart.
-    """
-    worst_iou, max_score_diff = 1.0, 0.0
-    counts = (len(a["boxes"]), len(b["boxes"]))
-    for x, y in ((a, b), (b, a)):
-        if len(x["boxes"]) == 0:
-            continue
-        if len(y["boxes"]) == 0:
-            return {"same": False, "worst_iou": 0.0, "max_score_diff": 1.0, "counts": counts}
-        cut = max(x["scores"].min().item(), y["scores"].min().item()) + score_tol
-        must_match = x["scores"] > cut
-        if not must_match.any():
-            continue
-        iou = box_iou(x["boxes"], y["boxes"]) * (x["labels"][:, None] == y["labels"][None, :])
-        best_iou, partner = iou[must_match].max(dim=1)
-        worst_iou = min(worst_iou, best_iou.min().item())
-        score_diff = (x["scores"][must_match] - y["scores"][partner]).abs()
-        max_score_diff = max(max_score_diff, score_diff.max().item())
-    same = worst_iou >= min_iou and max_score_diff <= score_tol
-    return {"same": same, "worst_iou": worst_iou, "max_score_diff": max_score_diff, "counts": counts}
-
-
-@torch.inference_mode()
-def spread_class_scores(model, image: torch.Tensor, logit_std: float = 2.0) -> None:
-    """Random heads score every class about 1/K, below the detection threshold: redraw the classifier so its
-    logits have std `logit_std` on this image's regions, so there are detections to compare and post-process."""
-    batch, sizes, _ = model.preprocessor([image])
-    feature = model.backbone(batch)
-    proposals, _ = model.rpn(feature, sizes)
-    features = model.roi_heads.box_features(feature, proposals, sizes)  # (R, D)
-    rms = features.pow(2).mean().sqrt().item()
-    cls = model.roi_heads.predictor.cls_score
-    generator = torch.Generator().manual_seed(0)
-    weight = torch.randn(cls.weight.shape, generator=generator) * logit_std / (rms * math.sqrt(cls.in_features))
-    cls.weight.copy_(weight)
