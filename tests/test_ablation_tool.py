@@ -15,7 +15,7 @@ def test_ablation_prints_table_and_writes_metrics_per_row(tiny_config, tmp_path)
                         str(out / "model_final.pth"), "--output-dir", str(out), "model.roi_heads.global_context=true",
                         "--scales", "48", "64"], capture_output=True, text=True, cwd=ROOT, timeout=300)
     assert r.returncode == 0, r.stderr[-2000:]
-    assert "+ context" in r.stdout and "+ multi-scale (maxout, paper)" in r.stdout
+    assert "+ context" in r.stdout and "+ multi-scale (maxout, no refinement)" in r.stdout
     rows = sorted(p.name for p in (out / "ablation").iterdir() if p.is_dir())
     assert len(rows) == 5
     assert all((out / "ablation" / row / "metrics.json").is_file() for row in rows)

@@ -132,3 +132,31 @@ def test_image_is_rgb(tmp_path):
     cv2.imwrite(str(img / "a.png"), bgr)
     image, _ = COCODataset(images=str(img), annotations=str(ann))[2]
     assert image[0].min() == 255 and image[1:].max() == 0
+
+
+def test_repeated_ids_are_an_error_naming_id_and_file(tmp_path):
+    from tests.conftest import write_tiny_coco
+
+    images, ann = write_tiny_coco(tmp_path)
+    data = json.loads(ann.read_text())
+    twice = dict(data, images=data["images"] + [dict(data["images"][0], file_name="other.png")])
+    ann.write_text(json.dumps(twice))
+    with pytest.raises(UserError, match=rf"{ann}.*'images' repeats id 1\b"):
+        COCODataset(images=str(images), annotations=str(ann))
+    twice = dict(data, annotations=data["annotations"] + [dict(data["annotations"][0], bbox=[1, 1, 5, 5])])
+    ann.write_text(json.dumps(twice))
+    with pytest.raises(UserError, match=rf"{ann}.*'annotations' repeats id 1\b"):
+        COCODataset(images=str(images), annotations=str(ann))
+
+
+def test_directory_as_weights_says_it_is_a_directory(tmp_path):
+    from detkit.checkpoint.io import load_checkpoint
+    from detkit.config import load_config
+    from detkit.modeling.build import load_detector
+
+    with pytest.raises(UserError, match="is a directory"):
+        load_checkpoint(tmp_path)
+    cfg = load_config(None, ["model.num_classes=2", "model.backbone.depth=18", "model.backbone.weights=null",
+                             "model.device=cpu"])
+    with pytest.raises(UserError, match="is a directory"):
+        load_detector(cfg, tmp_path, class_names=["a", "b"])

@@ -246,13 +246,13 @@ def test_score_threshold_is_strict():
 @pytest.mark.parametrize(
     "override, message",
     [
-        ("model.input_format=rgb", "'model.input_format' .* must be RGB or BGR, got 'rgb'"),
-        ("model.pixel_range=0", "'model.pixel_range' .* must be a positive number"),
-        ("model.size_divisibility=-16", "'model.size_divisibility' .* must be 0 or a positive integer"),
-        ("model.rpn.anchor_offset=1.0", "'model.rpn.anchor_offset' .* must be in \\[0, 1\\)"),
+        ("model.input_format=rgb", "'model.input_format' .* must be one of RGB \\| BGR, got 'rgb'"),
+        ("model.pixel_range=0", "'model.pixel_range' .* must be one of 1.0 \\| 255.0"),
+        ("model.size_divisibility=-16", "'model.size_divisibility' .* must be a number >= 0"),
+        ("model.rpn.anchor_offset=1.0", "'model.rpn.anchor_offset' .* must be a number in \\[0, 1\\)"),
         ("model.rpn.bbox_reg_weights=[1, 1, 1]", "'model.rpn.bbox_reg_weights' .* must be a list of 4 positive numbers"),
         ("model.rpn.bbox_reg_weights=[1, 1, 0, 1]", "must be a list of 4 positive numbers"),
-        ("input.test_resize=cv2", "'input.test_resize' .* must be tensor or pil, got 'cv2'"),
+        ("input.test_resize=cv2", "'input.test_resize' .* must be one of tensor \\| pil, got 'cv2'"),
         ("model.backbone.stride_in_1x1=yes please", "'model.backbone.stride_in_1x1' .* must be bool"),
     ],
 )
@@ -266,7 +266,7 @@ def test_bad_values_in_a_file_name_the_file(tmp_path):
     bad = tmp_path / "bad.yaml"
     bad.write_text("_base_: " + str(__import__("pathlib").Path("configs/detectron2/base_rcnn_c4.yaml").resolve())
                    + "\nmodel: {input_format: YUV}\n")
-    with pytest.raises(UserError, match=r"'model.input_format' in .*bad.yaml must be RGB or BGR"):
+    with pytest.raises(UserError, match=r"'model.input_format' in .*bad.yaml must be one of RGB \| BGR"):
         load_config(bad)
 
 

@@ -129,3 +129,13 @@ def test_context_pooled_size_and_sharing_are_config_choices():
 
     with pytest.raises(UserError, match="context_pooler_resolution"):
         build_model(load_config(None, base + ["model.roi_heads.head=fc", "model.roi_heads.context_pooler_resolution=2"]))
+
+
+def test_batch_without_any_sampled_roi_gives_a_zero_loss():
+    """No ground truth anywhere and no proposal: nothing is sampled; the loss is zero, not NaN."""
+    heads = make_heads().train()
+    feature = torch.randn(2, 8, 4, 4, requires_grad=True)
+    no_boxes = [torch.zeros(0, 4), torch.zeros(0, 4)]
+    _, losses = heads(feature, no_boxes, SIZES, [TARGETS[1], TARGETS[1]])
+    assert losses["loss_cls"].item() == 0.0 and losses["loss_box"].item() == 0.0
+    sum(losses.values()).backward()  # still part of the graph: the training step runs as usual

@@ -56,7 +56,13 @@ def file_kind(path: str | Path) -> str:
     """"torch" (torch.save, zip or legacy format) or "pickle" (anything else), from the first bytes of `path`."""
     path = Path(path)
     if not path.is_file():
-        raise UserError(f"weights file not found: {path}" if not path.exists() else f"weights path is not a file: {path}")
+        raise UserError(
+            f"weights file not found: {path}"
+            if not path.exists()
+            else f"weights path {path} is a directory: give the checkpoint file in it, e.g. {path / 'model_final.pth'}"
+            if path.is_dir()
+            else f"weights path is not a file: {path}"
+        )
     with open(path, "rb") as f:
         head = f.read(len(LEGACY_TORCH_MAGIC))
     if head.startswith(ZIP_MAGIC) or head == LEGACY_TORCH_MAGIC:

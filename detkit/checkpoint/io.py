@@ -30,6 +30,8 @@ def save_checkpoint(path: str | Path, state: dict) -> None:
 def load_checkpoint(path: str | Path) -> dict:
     """Load a checkpoint dict safely; any problem with the file is a `UserError` naming it."""
     path = Path(path)
+    if path.is_dir():
+        raise UserError(f"checkpoint {path} is a directory: give the checkpoint file in it, e.g. {path / 'model_final.pth'}")
     if not path.is_file():
         raise UserError(f"checkpoint not found: {path}")
     try:

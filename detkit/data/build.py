@@ -1,6 +1,6 @@
 """From the `data.train` / `data.test` entries of the config to datasets.
 
-Each entry is a mapping with a `format` and that format's keys (FORMATS below):
+Each entry is a mapping with a `format` and that format's keys (detkit.config.DATASET_FORMATS):
     {format: coco, images: IMAGE_DIR, annotations: JSON}             optional: filter_empty
     {format: voc, root: .../VOC2007, split: trainval}                optional: keep_difficult
     {format: shapes, split: train|test}                              optional: num_images, seed
@@ -14,28 +14,11 @@ from typing import Any
 
 import torch
 
+from detkit.config import dataset_problem
 from detkit.data.coco import COCODataset
 from detkit.data.shapes import SPLITS, ensure_shapes
 from detkit.data.transforms import TrainTransform
 from detkit.errors import UserError
-
-# format -> (required keys, optional keys); `format` itself is implied.
-FORMATS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
-    "coco": (("images", "annotations"), ("filter_empty",)),
-    "voc": (("root", "split"), ("keep_difficult",)),
-    "shapes": (("split",), ("num_images", "seed")),
-}
-# Expected type of every key, for the error message when a value does not fit.
-_KEY_TYPES: dict[str, type] = {
-    "images": str,
-    "annotations": str,
-    "filter_empty": bool,
-    "root": str,
-    "split": str,
-    "keep_difficult": bool,
-    "num_images": int,
-    "seed": int,
-}
 
 
 def cache_dir(cfg: Any) -> Path:
@@ -46,32 +29,12 @@ def cache_dir(cfg: Any) -> Path:
     return Path(os.environ.get("DETKIT_CACHE") or "~/.cache/detkit").expanduser()
 
 
-def _describe(fmt: str) -> str:
-    required, optional = FORMATS[fmt]
-    return f"{fmt} takes {', '.join(required)}" + (f" (optional: {', '.join(optional)})" if optional else "")
-
-
 def _check_spec(spec: Any, name: str) -> str:
-    """Validate one entry; return its format."""
-    allowed = ", ".join(FORMATS)
-    if not isinstance(spec, dict):
-        raise UserError(f"{name} must be a mapping such as {{format: shapes, split: train}}, got {spec!r}")
-    fmt = spec.get("format")
-    if fmt not in FORMATS:
-        raise UserError(f"{name}: unknown dataset format {fmt!r}; allowed formats: {allowed}")
-    required, optional = FORMATS[fmt]
-    missing = [k for k in required if k not in spec]
-    if missing:
-        raise UserError(f"{name}: missing key {', '.join(missing)} for format {fmt}; {_describe(fmt)}")
-    unknown = [k for k in spec if k != "format" and k not in required and k not in optional]
-    if unknown:
-        raise UserError(f"{name}: unknown key {', '.join(map(str, unknown))} for format {fmt}; {_describe(fmt)}")
-    for key, value in spec.items():
-        want = _KEY_TYPES.get(key)
-        bad_int = want is int and isinstance(value, bool)
-        if want is not None and (not isinstance(value, want) or bad_int):
-            raise UserError(f"{name}: key {key} must be {want.__name__}, got {value!r}")
-    return fmt
+    """Validate one entry (the rules live with the config's defaults); return its format."""
+    problem = dataset_problem(spec)
+    if problem is not None:
+        raise UserError(f"{name}: {problem}")
+    return spec["format"]
 
 
 def build_dataset(spec: dict, *, cfg: Any, is_train: bool, name: str = "dataset") -> torch.utils.data.Dataset:

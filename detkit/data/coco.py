@@ -35,6 +35,14 @@ def _load_json(path: Path) -> dict:
         raise UserError(f"COCO annotation file {path} has no 'categories' list")
     if "annotations" in data and not isinstance(data["annotations"], list):
         raise UserError(f"COCO annotation file {path}: 'annotations' must be a list")
+    for key in ("images", "annotations"):
+        seen = set()
+        for entry in data.get(key, []):
+            entry_id = entry.get("id") if isinstance(entry, dict) else None
+            if entry_id in seen:
+                # pycocotools would keep only the last one: an image or box would silently disappear
+                raise UserError(f"COCO annotation file {path}: '{key}' repeats id {entry_id!r}; ids must be unique")
+            seen.add(entry_id)
     return data
 
 

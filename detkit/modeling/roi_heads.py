@@ -263,6 +263,11 @@ class RoIHeads(nn.Module):
         self, logits: Tensor, deltas: Tensor, proposals: Tensor, labels: Tensor, gt_boxes: Tensor
     ) -> dict[str, Tensor]:
         """logits (R, K+1), deltas (R, 4K), proposals/gt_boxes (R, 4), labels (R,)."""
+        if labels.numel() == 0:
+            # no sampled RoI in the whole batch (no ground truth, no proposals): a zero loss that keeps the graph,
+            # where cross-entropy's mean over nothing would be NaN
+            zero = logits.sum() * 0.0 + deltas.sum() * 0.0
+            return {"loss_cls": zero, "loss_box": zero.clone()}
         loss_cls = F.cross_entropy(logits, labels)
         fg = torch.nonzero(labels < self.num_classes).squeeze(1)
         # (R, 4K) -> (R, K, 4); take each foreground RoI's deltas for its ground-truth class

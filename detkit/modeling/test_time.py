@@ -16,6 +16,7 @@ import torch
 from torch import Tensor
 from torchvision.ops import batched_nms
 
+from detkit.data.transforms import resize_shortest_edge_size
 from detkit.modeling.detector import FasterRCNN
 from detkit.structures.boxes import box_area, flip_boxes
 
@@ -24,8 +25,21 @@ CANONICAL_AREA = 224.0 * 224.0
 
 
 def scale_sizes(scale: int, min_size_test: int, max_size_test: int) -> tuple[int, int]:
-    """(short side, long-side cap) for one pyramid scale, keeping the config's long/short ratio."""
+    """(short side, long-side cap) for one pyramid scale, keeping the config's long/short ratio.
+
+    The test scale itself keeps the test sizes (also `min_size_test=0`, no resize, as for flip-only testing)."""
+    if scale == min_size_test:
+        return min_size_test, max_size_test
     return scale, round(scale * max_size_test / min_size_test)
+
+
+def resize_factor(height: int, width: int, min_size: int, max_size: int) -> float:
+    """The factor an image of (height, width) is really resized by for (min_size, max_size): the short side
+    goes to `min_size` unless the long side would pass `max_size` (min_size 0: no resize)."""
+    if min_size <= 0:
+        return 1.0
+    new_h, _ = resize_shortest_edge_size(height, width, min_size, max_size)
+    return new_h / height
 
 
 def merge_detections(parts: list[dict], *, nms_thresh: float, max_detections: int) -> dict:
@@ -88,8 +102,15 @@ def detect_maxout(model: FasterRCNN, image: Tensor, *, scales: list[int]) -> dic
     # base-scale boxes -> original pixels
     sy, sx = height / sizes[0][0], width / sizes[0][1]
     boxes = proposals[0] * torch.tensor([sx, sy, sx, sy], device=proposals[0].device)
+    if len(boxes) == 0:
+        # no proposal: nothing to pool, the empty result of the single-scale path
+        empty = boxes.new_zeros((0, heads.num_classes, 4))
+        return heads.postprocess(boxes.new_zeros((0, heads.num_classes + 1)), empty, (height, width), heads.nms_thresh)
     scales = sorted(scales)
-    factors = [pre_scale / min(height, width) for pre_scale in scales]
+    # the real factor of each scale, long-side cap included (elongated images are capped below `scale`)
+    factors = [
+        resize_factor(height, width, *scale_sizes(scale, pre.min_size_test, pre.max_size_test)) for scale in scales
+    ]
     low, high = select_adjacent_scales(box_area(boxes), factors)
     features_low = features_high = None
     for i, scale in enumerate(scales):
