@@ -2,6 +2,7 @@
 
     python demo/image.py INPUT [--output DIR] [--config CFG] [--weights W] [--json OUT.jsonl]
                          [--score-threshold S] [--device cpu|cuda] [KEY=VALUE ...]
+    python demo/image.py INPUT --onnx model.onnx [--output DIR] [--json OUT.jsonl] [--score-threshold S]
 
 INPUT is an image file or a folder (its images, not its subfolders). Annotated images keep their file names
 and go to DIR; the default is `<folder>_detkit/` beside a folder and `<stem>_detkit<ext>` beside a single

@@ -2,6 +2,7 @@
 
     python demo/video.py INPUT [--config CFG] [--weights W] [--output OUT] [--json OUT.jsonl]
                          [--score-threshold S] [--device cpu|cuda] [--show] [KEY=VALUE ...]
+    python demo/video.py INPUT --onnx model.onnx [--output OUT] [--json OUT.jsonl] [--score-threshold S]
 
 INPUT is any file OpenCV's FFmpeg backend reads (mp4/H.264, avi, mkv, ...) or a camera index (all digits).
 Writes OUT, the annotated video with the input's frame count, frame size and fps (default:
@@ -9,7 +10,8 @@ Writes OUT, the annotated video with the input's frame count, frame size and fps
 {"frame": i, "time": i / fps, "detections": [{"box": [x0, y0, x1, y1], "score": s, "label": k, "name": str}]}.
 A frame that fails to decode is replaced by the previous annotated frame (black before the first one) and
 its JSON line carries "error": "decode failed", so frame numbers and times keep matching the input's.
-See the README's Demo section for the codecs.
+See the README's Demo section for the codecs. With --onnx the detector is an exported file (tools/export.py)
+run by onnxruntime (`detkit.OnnxPredictor`): torch is not imported, only onnxruntime, numpy and OpenCV.
 """
 
 import itertools
@@ -30,7 +32,7 @@ import numpy as np  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 from tqdm.contrib.logging import logging_redirect_tqdm  # noqa: E402
 
-from detkit import Predictor, load_config  # noqa: E402
+from detkit import load_config  # noqa: E402
 from detkit.engine.setup import ArgumentParser, default_output_dir, setup_logging, user_errors_exit  # noqa: E402
 from detkit.errors import UserError  # noqa: E402
 from detkit.visualize import class_name, draw_detections  # noqa: E402
@@ -51,11 +53,16 @@ WINDOW = "detkit"
 
 
 def add_model_arguments(parser: ArgumentParser) -> None:
-    """--config, --weights, --json, --score-threshold, --device and KEY=VALUE overrides."""
+    """--config, --weights, --onnx, --json, --score-threshold, --device and KEY=VALUE overrides."""
     parser.add_argument("--config", metavar="CFG", help=f"model config (default: {DEFAULT_CONFIG})")
     parser.add_argument(
         "--weights", metavar="W",
         help="checkpoint (default: output/<config stem>/model_final.pth, what tools/train_net.py writes)",
+    )
+    parser.add_argument(
+        "--onnx", metavar="MODEL.onnx",
+        help="run this exported file (tools/export.py) with onnxruntime instead of the PyTorch model; its "
+        "test settings are fixed in the file, so --config, --weights and KEY=VALUE do not apply",
     )
     parser.add_argument("--json", metavar="OUT.jsonl", help="also write the detections, one JSON line per frame/image")
     parser.add_argument(
@@ -71,10 +78,33 @@ def add_model_arguments(parser: ArgumentParser) -> None:
 def check_model_arguments(parser: ArgumentParser, args) -> None:
     if not 0.0 <= args.score_threshold <= 1.0:
         parser.error(f"--score-threshold must lie in [0, 1], got {args.score_threshold}")
+    if args.onnx:
+        given = [flag for flag, value in [("--config", args.config), ("--weights", args.weights)] if value]
+        given += ["KEY=VALUE overrides"] if args.overrides else []
+        if given:
+            parser.error(f"--onnx runs the exported file as it is: {', '.join(given)} cannot change it "
+                         "(export again with tools/export.py to change the model or its test settings)")
 
 
-def build_predictor(args) -> Predictor:
-    """Config (default: the embedded shapes config) + overrides, then the weights (default: what train_net writes)."""
+def build_onnx_predictor(args):
+    """`detkit.OnnxPredictor` on --onnx; --device cuda picks onnxruntime's CUDA provider."""
+    from detkit.onnx_predictor import OnnxPredictor
+
+    providers = None
+    if args.device and args.device.startswith("cuda"):
+        providers = ["CUDAExecutionProvider"]
+    predictor = OnnxPredictor(args.onnx, providers=providers)
+    logger.info(f"model: {args.onnx} on {predictor.device} (detections below the export's score threshold "
+                f"{predictor.settings.get('model.roi_heads.score_threshold', '?')} are not in the file's output)")
+    return predictor
+
+
+def build_predictor(args):
+    """Config (default: the embedded shapes config) + overrides, then the weights (default: what train_net writes);
+    with --onnx, the exported file in onnxruntime instead."""
+    if args.onnx:
+        return build_onnx_predictor(args)
+    from detkit.predictor import Predictor  # here: with --onnx, torch is never imported
     if args.config:
         config = Path(args.config)
     else:
@@ -291,7 +321,7 @@ def main(argv: list[str] | None = None) -> None:
         cap.release()
 
 
-def run(predictor: Predictor, stream, args, *, name: str, output: Path, json_path: Path | None, fps: float,
+def run(predictor, stream, args, *, name: str, output: Path, json_path: Path | None, fps: float,
         total: int | None, size: tuple[int, int]) -> None:
     """Detect, draw, write: one output frame and one JSON line per input frame index."""
     width, height = size

@@ -19,7 +19,7 @@ MAX_FUNCTION_LINES = 80
 
 # The first component under detkit/ (a subpackage or a top-level module) -> lower or higher layer.
 LOWER = {"structures", "config", "errors", "checkpoint", "data", "modeling", "evaluation", "atomic_write", "json_file"}
-HIGHER = {"engine", "benchmark", "predictor", "cli"}
+HIGHER = {"engine", "benchmark", "predictor", "cli", "export"}
 SCRIPTS = ("tools", "demo")  # folders of scripts: nothing in detkit may import them
 
 
