@@ -73,6 +73,7 @@ def draw_detections(
     class_names: Sequence[str],
     *,
     score_threshold: float = 0.0,
+    tags: Sequence[str] | None = None,
 ) -> np.ndarray:
     """Return a copy of `image_bgr` with the detections scoring >= `score_threshold` drawn on it.
 
@@ -80,17 +81,22 @@ def draw_detections(
     boxes: (N, 4) xyxy in continuous pixel coordinates ((0, 0) = top-left corner of the image), any
         array-like (numpy, list, CPU tensor). Boxes reaching past the image are clipped so that their
         visible edges are drawn inside it; boxes wholly outside are skipped.
-    scores: (N,) in [0, 1]; labels: (N,) class indices into `class_names`.
+    scores: (N,) in [0, 1], or None for boxes without a score (ground truth: all drawn, no score shown);
+    labels: (N,) class indices into `class_names`.
+    tags: (N,) words put before each label ("TP", "FP", ...), so that outcomes read without colour.
     Higher-scoring detections are drawn last, so they stay on top where boxes overlap.
     """
     if not isinstance(image_bgr, np.ndarray) or image_bgr.ndim != 3 or image_bgr.shape[2] != 3:
         raise ValueError(f"draw_detections expects an HxWx3 BGR image, got shape {getattr(image_bgr, 'shape', None)}")
     out = np.ascontiguousarray(image_bgr, dtype=np.uint8).copy()
     boxes = np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
-    scores = np.asarray(scores, dtype=np.float64).reshape(-1)
+    show_scores = scores is not None
+    scores = np.asarray(scores if show_scores else np.ones(len(boxes)), dtype=np.float64).reshape(-1)
     labels = np.asarray(labels).reshape(-1).astype(np.int64)
     if not len(boxes) == len(scores) == len(labels):
         raise ValueError(f"boxes, scores and labels disagree in length: {len(boxes)}, {len(scores)}, {len(labels)}")
+    if tags is not None and len(tags) != len(boxes):
+        raise ValueError(f"{len(tags)} tags for {len(boxes)} boxes")
 
     h, w = out.shape[:2]
     thickness = _line_width(h, w)
@@ -113,7 +119,9 @@ def draw_detections(
         color = color_for_class(labels[k])
         cv2.rectangle(out, (left, top), (right, bottom), color, thickness, cv2.LINE_8)
 
-        text = f"{class_name(int(labels[k]), class_names)} {scores[k]:.2f}"
+        text = class_name(int(labels[k]), class_names) + (f" {scores[k]:.2f}" if show_scores else "")
+        if tags is not None:
+            text = f"{tags[k]} {text}"
         (tw, th), baseline = cv2.getTextSize(text, _FONT, font_scale, font_thickness)
         label_h = th + baseline + 2 * pad
         label_w = tw + 2 * pad

@@ -93,3 +93,17 @@ def test_bad_shapes_are_refused():
         draw_detections(np.zeros((10, 10), np.uint8), [], [], [], NAMES)
     with pytest.raises(ValueError):
         draw_detections(gray(), [[0, 0, 5, 5]], [0.5, 0.6], [0], NAMES)
+
+
+def test_tags_and_boxes_without_scores():
+    image = gray(120, 200)
+    with_tag = draw_detections(image, [[20.0, 40.0, 80.0, 100.0]], [0.9], [0], NAMES, tags=["FP"])
+    plain = draw_detections(image, [[20.0, 40.0, 80.0, 100.0]], [0.9], [0], NAMES)
+    assert not np.array_equal(with_tag, plain)  # the label is longer
+    assert (with_tag[50:90, 20] == color_for_class(0)).all()
+    # no scores: every box is drawn (no threshold applies), labels without a number
+    ground_truth = draw_detections(image, [[20.0, 40.0, 80.0, 100.0]], None, [0], NAMES, score_threshold=0.5)
+    assert (ground_truth[50:90, 20] == color_for_class(0)).all()
+    assert not np.array_equal(ground_truth, plain)
+    with pytest.raises(ValueError, match="tags"):
+        draw_detections(image, [[20.0, 40.0, 80.0, 100.0]], [0.9], [0], NAMES, tags=["a", "b"])

@@ -43,6 +43,29 @@ def check_result_ids(results: list[dict], dataset, where: str) -> None:
             )
 
 
+def load_saved_results(cfg, results_path: str | os.PathLike, *, dataset_index: int = 0) -> tuple[list[dict], object, str]:
+    """A saved results file and the `data.test[dataset_index]` dataset it was made on, checked
+    against each other (tools/evaluate.py, tools/analyze.py).
+
+    Returns:
+        (result dicts, the dataset, its name "data.test[I]" for messages).
+
+    Raises:
+        UserError: no such data.test entry, a missing or malformed results file, or a result naming an
+            image or a category the dataset does not hold (one line each).
+    """
+    specs = cfg.data.test
+    if not isinstance(specs, list) or not specs:
+        raise UserError("data.test is empty: name the dataset the detections were made on")
+    if not 0 <= dataset_index < len(specs):
+        raise UserError(f"--dataset-index {dataset_index} is out of range: data.test has {len(specs)} dataset(s)")
+    where = f"data.test[{dataset_index}]"
+    results = load_results(results_path)  # missing / malformed file -> UserError
+    dataset = build_dataset(specs[dataset_index], cfg=cfg, is_train=False, name=where)
+    check_result_ids(results, dataset, where)
+    return results, dataset, where
+
+
 def evaluate_saved_results(
     cfg,
     results_path: str | os.PathLike,
@@ -62,16 +85,8 @@ def evaluate_saved_results(
     Returns:
         (metrics dict in percent, the metrics file's path).
     """
+    results, dataset, where = load_saved_results(cfg, results_path, dataset_index=dataset_index)
     specs = cfg.data.test
-    if not isinstance(specs, list) or not specs:
-        raise UserError("data.test is empty: name the dataset the detections were made on")
-    if not 0 <= dataset_index < len(specs):
-        raise UserError(f"--dataset-index {dataset_index} is out of range: data.test has {len(specs)} dataset(s)")
-    where = f"data.test[{dataset_index}]"
-    results = load_results(results_path)  # missing / malformed file -> UserError
-    dataset = build_dataset(specs[dataset_index], cfg=cfg, is_train=False, name=where)
-    check_result_ids(results, dataset, where)
-
     if dataset.kind == "voc" and backend != "pycocotools":
         print(f"note: --backend applies to COCO-format sets; {where} is a VOC set, scored by the VOC rule")
     evaluator = build_evaluator(dataset, backend=backend)

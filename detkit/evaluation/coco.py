@@ -156,23 +156,35 @@ def evaluate_results(
     coco_eval.accumulate()
     coco_eval.summarize()
 
+    metrics, per_class_ap50 = summary_metrics(coco_eval, class_names, category_ids)
+    print("Per-class AP / AP50 (bbox, percent; '-': no ground truth):")
+    print(format_per_class_table(metrics["per_class"], extra=per_class_ap50, title="AP/AP50"))
+    return metrics
+
+
+def summary_metrics(coco_eval, class_names: list[str], category_ids: list[int]) -> tuple[dict, dict]:
+    """The metrics of a summarized COCOeval (standard IoU thresholds; area ranges found by label).
+
+    Returns:
+        ({"AP", "AP50", "AP75", "APs", "APm", "APl", "per_class": {name: AP}}, {name: AP50}),
+        percent or None where there is no ground truth.
+    """
     metrics: dict = {key: _percent(v) for key, v in zip(SUMMARY_KEYS, coco_eval.stats[:6])}
     # precision: (T iou thresholds, R recall points, K categories, A area ranges, M max dets);
     # K follows params.catIds, which COCOeval.evaluate() has sorted.
     precision = coco_eval.eval["precision"]
     k_of_cat = {int(c): k for k, c in enumerate(coco_eval.params.catIds)}
+    area_all = list(coco_eval.params.areaRngLbl).index("all")
     per_class, per_class_ap50 = {}, {}
     for name, cat in zip(class_names, category_ids):
-        p = precision[:, :, k_of_cat[int(cat)], 0, -1]  # area "all", maxDets 100
+        p = precision[:, :, k_of_cat[int(cat)], area_all, -1]  # maxDets 100
         valid = p[p > -1]
         per_class[name] = float(valid.mean()) * 100.0 if valid.size else None
         p50 = p[0]
         valid50 = p50[p50 > -1]
         per_class_ap50[name] = float(valid50.mean()) * 100.0 if valid50.size else None
     metrics["per_class"] = per_class
-    print("Per-class AP / AP50 (bbox, percent; '-': no ground truth):")
-    print(format_per_class_table(per_class, extra=per_class_ap50, title="AP/AP50"))
-    return metrics
+    return metrics, per_class_ap50
 
 
 class COCOEvaluator:
@@ -234,4 +246,4 @@ class COCOEvaluator:
         )
 
 
-__all__ = ["COCO_BACKENDS", "COCOEvaluator", "cocoeval_stats", "evaluate_results", "format_per_class_table", "make_cocoeval"]
+__all__ = ["COCO_BACKENDS", "COCOEvaluator", "cocoeval_stats", "evaluate_results", "format_per_class_table", "make_cocoeval", "summary_metrics"]

@@ -1,0 +1,234 @@
+"""The report's numbers (detkit.evaluation.analysis, error_breakdown, confusion) against pycocotools
+on small hand-made sets."""
+
+import contextlib
+import io
+
+import numpy as np
+import pytest
+from pycocotools.coco import COCO
+from pycocotools.cocoeval import COCOeval
+
+from detkit.evaluation import analysis, confusion, error_breakdown
+from detkit.evaluation.coco import evaluate_results
+
+# cat and dog share a supercategory, car has its own
+CATEGORIES = [
+    {"id": 1, "name": "cat", "supercategory": "animal"},
+    {"id": 2, "name": "dog", "supercategory": "animal"},
+    {"id": 5, "name": "car", "supercategory": "vehicle"},
+]
+
+
+def make_gt(annotations: list[dict], num_images: int, categories=CATEGORIES) -> analysis.GroundTruth:
+    coco = COCO()
+    coco.dataset = {
+        "images": [{"id": i, "file_name": f"{i}.png", "height": 100, "width": 120} for i in range(1, num_images + 1)],
+        "annotations": [
+            {"id": k + 1, "iscrowd": 0, "area": a["bbox"][2] * a["bbox"][3], **a} for k, a in enumerate(annotations)
+        ],
+        "categories": categories,
+    }
+    coco = analysis.indexed(coco)
+    ids = list(range(1, num_images + 1))
+    names = [c["name"] for c in categories]
+    supers = [c.get("supercategory", c["name"]) for c in categories]
+    return analysis.GroundTruth(coco, ids, ids, names, [c["id"] for c in categories], supers)
+
+
+def random_set(seed: int, num_images: int = 12) -> tuple[analysis.GroundTruth, list[dict]]:
+    """Boxes of three classes and detections with jitter, wrong classes, duplicates and background boxes."""
+    rng = np.random.default_rng(seed)
+    anns, dets = [], []
+    for image_id in range(1, num_images + 1):
+        for _ in range(rng.integers(0, 5)):
+            w, h = rng.uniform(5, 60, 2)
+            x, y = rng.uniform(0, 120 - w), rng.uniform(0, 100 - h)
+            c = int(rng.choice([1, 2, 5]))
+            anns.append({"image_id": image_id, "category_id": c, "bbox": [x, y, w, h]})
+            for _ in range(rng.integers(0, 3)):
+                label = c if rng.random() < 0.7 else int(rng.choice([1, 2, 5]))
+                box = np.array([x, y, w, h]) + rng.normal(0, 0.15, 4) * [w, h, w, h]
+                box[2:] = np.abs(box[2:])
+                dets.append({"image_id": image_id, "category_id": label, "bbox": box.tolist(), "score": float(rng.random())})
+        for _ in range(rng.integers(0, 3)):
+            dets.append({"image_id": image_id, "category_id": int(rng.choice([1, 2, 5])),
+                         "bbox": [*rng.uniform(0, 80, 2).tolist(), 20.0, 15.0], "score": float(rng.random())})  # fmt: skip
+    return make_gt(anns, num_images), dets
+
+
+def pycocotools_eval(gt: analysis.GroundTruth, dets: list[dict], cat_ids: list[int]) -> COCOeval:
+    """pycocotools' own path: loadRes, COCOeval over the given categories, summarize."""
+    with contextlib.redirect_stdout(io.StringIO()):
+        coco_dt = gt.coco.loadRes([dict(d, bbox=list(d["bbox"])) for d in dets])
+        e = COCOeval(gt.coco, coco_dt, iouType="bbox")
+        e.params.catIds = cat_ids
+        e.evaluate()
+        e.accumulate()
+        e.summarize()
+    return e
+
+
+def standard(gt, dets):
+    coco_dt = analysis.detections_coco(gt, dets)
+    return coco_dt, analysis.run_cocoeval(gt.coco, coco_dt, image_ids=gt.coco_image_ids, category_ids=gt.category_ids)
+
+
+def test_per_class_values_equal_pycocotools_per_category():
+    gt, dets = random_set(0)
+    _, ev = standard(gt, dets)
+    table = analysis.per_class_table(gt, ev, dets)
+    for name, cat in zip(gt.class_names, gt.category_ids):
+        stats = pycocotools_eval(gt, dets, [cat]).stats  # the 12 numbers of this category alone
+        for key, i in (("AP", 0), ("AP50", 1), ("AP75", 2), ("APs", 3), ("APm", 4), ("APl", 5)):
+            expected = None if stats[i] < 0 else 100 * stats[i]
+            assert table[name][key] == pytest.approx(expected), (name, key)
+        assert table[name]["num_gt"] == len(gt.coco.getAnnIds(catIds=[cat]))
+        assert table[name]["num_det"] == sum(d["category_id"] == cat for d in dets)
+    with contextlib.redirect_stdout(io.StringIO()):
+        metrics = evaluate_results(gt.coco, dets, gt.class_names, gt.category_ids)
+    assert {n: r["AP"] for n, r in table.items()} == pytest.approx(metrics["per_class"])
+    assert any(0 < r["AP"] < 100 for r in table.values())
+
+
+def test_pr_curves_and_operating_point_come_from_cocoeval():
+    gt, dets = random_set(1)
+    _, ev = standard(gt, dets)
+    pr = analysis.pr_curves(gt, ev, score_threshold=0.5)
+    ref = pycocotools_eval(gt, dets, gt.category_ids)
+    for k, name in enumerate(gt.class_names):
+        assert pr["per_class"][name]["0.5"] == pytest.approx(ref.eval["precision"][0, :, k, 0, 2].round(4).tolist())
+        assert pr["per_class"][name]["0.75"] == pytest.approx(ref.eval["precision"][5, :, k, 0, 2].round(4).tolist())
+    # mean over classes of the curve is the class-averaged AP50
+    assert np.mean(pr["overall"]["0.5"]) * 100 == pytest.approx(100 * ref.stats[1], abs=1e-2)
+    # the operating point: the highest recall reached by detections scoring >= 0.5 at IoU .5
+    name = gt.class_names[0]
+    r, p = pr["operating_points"]["per_class"][name]["0.5"]
+    scores = ref.eval["scores"][0, :, 0, 0, 2]
+    assert scores[pr["recall"].index(r)] >= 0.5
+    assert p == pytest.approx(ref.eval["precision"][0, pr["recall"].index(r), 0, 0, 2])
+    # a threshold above every score has no operating point
+    assert analysis.pr_curves(gt, ev, score_threshold=1.1)["operating_points"]["per_class"][name]["0.5"] is None
+
+
+def test_error_breakdown_identities_and_order():
+    for seed in range(4):
+        gt, dets = random_set(seed)
+        coco_dt, ev = standard(gt, dets)
+        errors = error_breakdown.error_breakdown(gt, error_breakdown.error_curves(gt, coco_dt, ev))
+        ref = pycocotools_eval(gt, dets, gt.category_ids)
+        assert errors["overall"]["C75"] == pytest.approx(100 * ref.stats[2])
+        assert errors["overall"]["C50"] == pytest.approx(100 * ref.stats[1])
+        assert errors["overall"]["FN"] == 100.0
+        for values in [errors["overall"], *errors["per_class"].values()]:
+            aps = [values[k] for k in error_breakdown.ERROR_KEYS]
+            assert all(a <= b + 1e-9 for a, b in zip(aps, aps[1:])), (seed, aps)
+        assert errors["overall"]["Oth"] > errors["overall"]["Loc"]  # the sets hold confusions
+
+
+def test_loc_is_cocoeval_at_iou_point_one():
+    gt, dets = random_set(2)
+    coco_dt, ev = standard(gt, dets)
+    curves = error_breakdown.error_curves(gt, coco_dt, ev)
+    with contextlib.redirect_stdout(io.StringIO()):
+        e = COCOeval(gt.coco, gt.coco.loadRes([dict(d) for d in dets]), iouType="bbox")
+        e.params.iouThrs = np.array([0.1])
+        e.evaluate()
+        e.accumulate()
+    assert curves["Loc"] == pytest.approx(e.eval["precision"][0, :, :, 0, 2])
+
+
+def confusion_case(label_on_dog: int):
+    """cat, dog, car boxes found exactly at 0.9, and one more detection of `label_on_dog` on the dog at 0.95."""
+    boxes = {1: [10, 10, 30, 30], 2: [60, 10, 30, 40], 5: [20, 55, 60, 30]}
+    gt = make_gt([{"image_id": 1, "category_id": c, "bbox": b} for c, b in boxes.items()], 1)
+    dets = [{"image_id": 1, "category_id": c, "bbox": b, "score": 0.9} for c, b in boxes.items()]
+    dets.append({"image_id": 1, "category_id": label_on_dog, "bbox": boxes[2], "score": 0.95})
+    coco_dt, ev = standard(gt, dets)
+    return error_breakdown.error_breakdown(gt, error_breakdown.error_curves(gt, coco_dt, ev))
+
+
+def test_a_pure_confusion_moves_ap_only_where_it_is_ignored():
+    # a cat on the dog (same supercategory): cat's precision is 1/2 until Sim ignores it
+    errors = confusion_case(label_on_dog=1)
+    cat = errors["per_class"]["cat"]
+    assert [cat[k] for k in error_breakdown.ERROR_KEYS] == pytest.approx([50, 50, 50, 100, 100, 100, 100])
+    assert errors["per_class"]["dog"]["C75"] == pytest.approx(100) and errors["per_class"]["car"]["C75"] == pytest.approx(100)
+    overall = [errors["overall"][k] for k in error_breakdown.ERROR_KEYS]
+    assert overall == pytest.approx([250 / 3] * 3 + [100] * 4)
+    # a car on the dog (another supercategory): only Oth ignores it
+    car = confusion_case(label_on_dog=5)["per_class"]["car"]
+    assert [car[k] for k in error_breakdown.ERROR_KEYS] == pytest.approx([50, 50, 50, 50, 100, 100, 100])
+
+
+def test_without_supercategories_sim_equals_loc():
+    gt, dets = random_set(3)
+    flat = make_gt(
+        [dict(a) for a in gt.coco.dataset["annotations"]], len(gt.image_ids),
+        [{"id": c["id"], "name": c["name"]} for c in CATEGORIES],
+    )  # fmt: skip
+    assert flat.supercategories == flat.class_names
+    coco_dt, ev = standard(flat, dets)
+    curves = error_breakdown.error_curves(flat, coco_dt, ev)
+    assert np.array_equal(curves["Sim"], curves["Loc"])
+    assert (curves["Oth"] >= curves["Sim"]).all()
+
+
+def test_confusion_matrix_counts_every_box_once():
+    boxes = {"a": [10, 10, 20, 20], "b": [50, 10, 20, 20], "c": [10, 50, 20, 20], "crowd": [60, 50, 40, 40]}
+    gt = make_gt(
+        [{"image_id": 1, "category_id": 1, "bbox": boxes["a"]},  # cat, found
+         {"image_id": 1, "category_id": 2, "bbox": boxes["b"]},  # dog, seen as a cat
+         {"image_id": 1, "category_id": 5, "bbox": boxes["c"]},  # car, missed
+         {"image_id": 1, "category_id": 5, "bbox": boxes["crowd"], "iscrowd": 1}],
+        1,
+    )  # fmt: skip
+    dets = [
+        {"image_id": 1, "category_id": 1, "bbox": boxes["a"], "score": 0.9},  # TP
+        {"image_id": 1, "category_id": 1, "bbox": [11, 10, 20, 20], "score": 0.8},  # duplicate
+        {"image_id": 1, "category_id": 1, "bbox": [51, 11, 20, 20], "score": 0.7},  # confusion
+        {"image_id": 1, "category_id": 2, "bbox": [100, 0, 10, 10], "score": 0.6},  # on nothing
+        {"image_id": 1, "category_id": 5, "bbox": [70, 60, 10, 10], "score": 0.9},  # inside the crowd: ignored
+        {"image_id": 1, "category_id": 5, "bbox": boxes["c"], "score": 0.3},  # below the threshold
+    ]
+    outcomes = confusion.image_outcomes(gt, dets, iou=0.5, score_threshold=0.5)
+    matrix = confusion.confusion_matrix(outcomes, 3)
+    expected = [
+        [1, 0, 0, 0],  # cat: found
+        [1, 0, 0, 0],  # dog: predicted cat
+        [0, 0, 0, 1],  # car: missed
+        [1, 1, 0, 0],  # background: the duplicate cat, the dog on nothing
+    ]
+    assert matrix.tolist() == expected
+    (o,) = outcomes
+    assert sorted(o.det_status) == sorted(["TP", "FP-dup", "FP-class", "FP", "ignored"])
+    assert o.gt_status == ["TP", "FN-class", "FN", "crowd"]
+    assert o.num_false_positives == 3 and o.num_missed == 1 and o.num_errors == 4
+    # at threshold 0.25 the car is found
+    low = confusion.confusion_matrix(confusion.image_outcomes(gt, dets, score_threshold=0.25), 3)
+    assert low[2].tolist() == [0, 0, 1, 0]
+
+
+def test_confusion_rows_sum_to_the_boxes_of_each_class():
+    gt, dets = random_set(5, num_images=20)
+    for threshold in (0.0, 0.5, 1.0):
+        matrix = confusion.confusion_matrix(confusion.image_outcomes(gt, dets, score_threshold=threshold), 3)
+        for k, cat in enumerate(gt.category_ids):
+            assert matrix[k].sum() == len(gt.coco.getAnnIds(catIds=[cat], iscrowd=False))
+        assert matrix[3, 3] == 0
+    assert confusion.confusion_matrix(confusion.image_outcomes(gt, dets, score_threshold=1.1), 3)[3].sum() == 0
+
+
+def test_size_view_bins_are_cocoeval_area_ranges():
+    gt, dets = random_set(6, num_images=20)
+    coco_dt, _ = standard(gt, dets)
+    sizes = analysis.size_view(gt, coco_dt, edges=(0, 32, 96, 1e5))  # COCO's own three
+    ref = pycocotools_eval(gt, dets, gt.category_ids)
+    for i, key in enumerate((3, 4, 5)):
+        expected = None if ref.stats[key] < 0 else 100 * ref.stats[key]
+        assert sizes["AP"][i] == pytest.approx(expected)
+    areas = [a["area"] for a in gt.coco.dataset["annotations"]]
+    assert sizes["num_gt"] == [sum(a <= 32**2 for a in areas), sum(32**2 <= a <= 96**2 for a in areas), 0]
+    outcomes = confusion.image_outcomes(gt, dets, score_threshold=0.0)
+    recall = confusion.recall_by_size(outcomes, (0, 32, 96, 1e5))
+    assert recall[2] is None and 0 < recall[0] <= 100
