@@ -2,7 +2,7 @@
 
 import torch
 
-from detkit.modeling.test_time import detect, flipped, merge_detections, scale_sizes, select_adjacent_scales, unflip
+from detkit.modeling.test_time import detect, flipped, merge_detections, select_adjacent_scales, unflip
 from tests.test_detector import tiny_model
 
 
@@ -100,16 +100,3 @@ def test_maxout_refinement_with_an_identity_regressor_changes_nothing():
     assert torch.allclose(refined["scores"], plain["scores"], atol=1e-6)
     assert torch.allclose(refined["boxes"], plain["boxes"], atol=1e-4)
 
-
-def test_pyramid_scales_without_a_test_resize():
-    """input.min_size_test=0 (images at their own size): a pyramid scale has no long/short ratio to keep, so it
-    gets no long-side cap, where dividing by the test size would fail; both modes run (with flip)."""
-    assert scale_sizes(0, 0, 100) == (0, 100) and scale_sizes(48, 0, 100) == (48, 0)
-    assert scale_sizes(48, 64, 100) == (48, 75)
-    model = tiny_model(["input.min_size_test=0", "model.roi_heads.box_refinement=true"]).eval()
-    image = torch.randint(0, 256, (3, 64, 96), dtype=torch.uint8, generator=torch.Generator().manual_seed(5))
-    for mode in ["union", "maxout"]:
-        with torch.no_grad():
-            out = detect(model, [image], scales=[48, 64], flip=True, mode=mode)[0]
-        assert len(out["boxes"]) >= 5
-        assert (out["boxes"][:, 2] <= 96 + 1e-3).all() and (out["boxes"][:, 3] <= 64 + 1e-3).all()

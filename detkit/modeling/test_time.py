@@ -32,12 +32,9 @@ CANONICAL_AREA = 224.0 * 224.0
 def scale_sizes(scale: int, min_size_test: int, max_size_test: int) -> tuple[int, int]:
     """(short side, long-side cap) for one pyramid scale, keeping the config's long/short ratio.
 
-    The test scale itself keeps the test sizes (also `min_size_test=0`, no resize, as for flip-only testing).
-    With `min_size_test=0` there is no ratio to keep: the other scales get no long-side cap (0)."""
+    The test scale itself keeps the test sizes (also `min_size_test=0`, no resize, as for flip-only testing)."""
     if scale == min_size_test:
         return min_size_test, max_size_test
-    if min_size_test <= 0:
-        return scale, 0
     return scale, round(scale * max_size_test / min_size_test)
 
 
