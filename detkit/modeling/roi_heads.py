@@ -13,6 +13,7 @@ Iterative localization (ResNet paper, appendix B) optionally re-scores regressed
 """
 
 import copy
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
@@ -280,7 +281,9 @@ class RoIHeads(nn.Module):
     def predict(self, feature: Tensor, proposals: list[Tensor], image_sizes: list[tuple[int, int]]) -> list[dict]:
         scores, boxes = self.score_and_regress(feature, proposals, image_sizes)
         if self.box_refinement:
-            return self.predict_refined(feature, scores, boxes, image_sizes)
+            return self.predict_refined(
+                scores, boxes, image_sizes, rescore=lambda regions: self.score_and_regress(feature, regions, image_sizes)
+            )
         return [
             self.postprocess(s, b, size, self.nms_thresh) for s, b, size in zip(scores, boxes, image_sizes)
         ]
@@ -306,15 +309,24 @@ class RoIHeads(nn.Module):
         return list(probs.split(counts)), out_boxes
 
     def predict_refined(
-        self, feature: Tensor, scores: list[Tensor], boxes: list[Tensor], image_sizes: list[tuple[int, int]]
+        self,
+        scores: list[Tensor],
+        boxes: list[Tensor],
+        image_sizes: list[tuple[int, int]],
+        *,
+        rescore: Callable[[list[Tensor]], tuple[list[Tensor], list[Tensor]]],
     ) -> list[dict]:
         """Iterative localization: re-score each region at its regressed box (for its best class),
-        merge both sets, NMS at `refine_nms_thresh`, then box voting."""
+        merge both sets, NMS at `refine_nms_thresh`, then box voting.
+
+        scores (R_i, K+1), boxes (R_i, K, 4) per image: the first pass. `rescore` maps one (R_i, 4) box list
+        per image to the same two lists for those boxes: pooling on the test scale's map (`predict`), or
+        maxout over the pyramid (`detkit.modeling.test_time`)."""
         refined_inputs = []
         for s, b in zip(scores, boxes):
             best = s[:, : self.num_classes].argmax(dim=1)
             refined_inputs.append(b[torch.arange(len(b), device=b.device), best])
-        scores2, boxes2 = self.score_and_regress(feature, refined_inputs, image_sizes)
+        scores2, boxes2 = rescore(refined_inputs)
         results = []
         for s1, b1, s2, b2, size in zip(scores, boxes, scores2, boxes2, image_sizes):
             s = torch.cat([s1, s2])
