@@ -22,7 +22,7 @@ from detkit.benchmark.random_weights import spread_class_scores
 from detkit.errors import UserError
 from detkit.export import onnx_file
 from detkit.export.onnx_file import CHECK_BOX_TOL, export_from_config, export_model, synthetic_image
-from detkit.modeling.test_time import detect
+from detkit.modeling.test_time import Augmentation
 from tests.test_demo import read_video, write_video
 from tests.test_detector import TINY
 
@@ -143,14 +143,15 @@ def test_options_export_and_match(tmp_path, extra):
     cfg = tiny_cfg(extra)
     model = spread_model(cfg)
     path = tmp_path / "m.onnx"
-    export_model(model, path, class_names=NAMES, scales=list(cfg.test.scales), flip=cfg.test.flip)
+    augmentation = Augmentation.from_config(cfg)
+    export_model(model, path, class_names=NAMES, augmentation=augmentation)
     deployed = OnnxPredictor(path)
     total = 0
     for i, (h, w) in enumerate(SIZES[:3] + SIZES[4:5]):
         image = synthetic_image(h, w, seed=20 + i)
         rgb = torch.from_numpy(np.ascontiguousarray(image[:, :, ::-1].transpose(2, 0, 1)))
         with torch.inference_mode():
-            ref = detect(model, [rgb], scales=list(cfg.test.scales), flip=cfg.test.flip, mode="union")[0]
+            ref = augmentation(model, [rgb])[0]
         ours = deployed(image)
         assert_same(ours, {k: v.numpy() for k, v in ref.items()}, f"{h}x{w}")
         total += len(ours["boxes"])

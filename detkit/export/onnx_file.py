@@ -29,7 +29,7 @@ from detkit.errors import UserError
 from detkit.export.graph import DeployGraph
 from detkit.modeling.build import load_detector
 from detkit.modeling.detector import FasterRCNN
-from detkit.modeling.test_time import detect
+from detkit.modeling.test_time import Augmentation
 from detkit.version import __version__
 
 logger = logging.getLogger("detkit")
@@ -41,19 +41,21 @@ CHECK_SCORE_TOL = 1e-3
 CHECK_BOX_TOL = 0.05  # pixels; decides for boxes too thin for IoU to mean anything (see compare_detections)
 
 
+UNSUPPORTED = {
+    "pil": "input.test_resize=pil is not supported by the ONNX export: PIL's antialiased uint8 resize has no exact "
+    "ONNX equivalent; export with input.test_resize=tensor (the default; detections then move slightly)",
+    "maxout": "test.multiscale_mode=maxout (with test.scales or test.flip) is not supported by the ONNX export; "
+    "use test.multiscale_mode=union or single-scale testing",
+}
+
+
 def unsupported_settings(cfg) -> list[str]:
     """One line per config setting the exported graph cannot compute (empty: exportable)."""
     problems = []
     if cfg.input.test_resize == "pil":
-        problems.append(
-            "input.test_resize=pil is not supported by the ONNX export: PIL's antialiased uint8 resize has no exact "
-            "ONNX equivalent; export with input.test_resize=tensor (the default; detections then move slightly)"
-        )
+        problems.append(UNSUPPORTED["pil"])
     if cfg.test.multiscale_mode == "maxout" and (cfg.test.scales or cfg.test.flip):
-        problems.append(
-            "test.multiscale_mode=maxout (with test.scales or test.flip) is not supported by the ONNX export; "
-            "use test.multiscale_mode=union or single-scale testing"
-        )
+        problems.append(UNSUPPORTED["maxout"])
     return problems
 
 
@@ -82,11 +84,12 @@ def check_sizes(min_size_test: int) -> tuple[tuple[int, int], list[tuple[int, in
     return (s, s * 4 // 3 + 6), [(s * 3 // 4 + 1, s * 3 // 2 - 3), (s * 3 // 2 + 5, s - 7)]
 
 
-def reference_detections(model: FasterRCNN, image_bgr: np.ndarray, *, scales, flip, mode) -> dict:
-    """PyTorch's detections for a BGR image: `Predictor`'s conversion, then the test-time path of test_net."""
+def reference_detections(model: FasterRCNN, image_bgr: np.ndarray, augmentation: Augmentation) -> dict:
+    """PyTorch's detections for a BGR image as `Predictor` computes them (its conversion, then the test-time
+    system of test_net)."""
     rgb = torch.from_numpy(np.ascontiguousarray(image_bgr[:, :, ::-1].transpose(2, 0, 1)))
     with torch.inference_mode():
-        out = detect(model, [rgb], scales=scales, flip=flip, mode=mode)[0]
+        out = augmentation(model, [rgb])[0]
     return {k: v.float().cpu() if k != "labels" else v.cpu() for k, v in out.items()}
 
 
@@ -120,7 +123,7 @@ def with_metadata(onnx_bytes: bytes, metadata: dict) -> bytes:
     return proto.SerializeToString()
 
 
-def self_check(onnx_bytes: bytes, model: FasterRCNN, images: list[np.ndarray], *, scales, flip, mode) -> list[dict]:
+def self_check(onnx_bytes: bytes, model: FasterRCNN, images: list[np.ndarray], augmentation: Augmentation) -> list[dict]:
     """onnxruntime vs PyTorch on each image; raises UserError at the first disagreement."""
     import onnxruntime
 
@@ -129,7 +132,7 @@ def self_check(onnx_bytes: bytes, model: FasterRCNN, images: list[np.ndarray], *
     for image in images:
         boxes, scores, labels = session.run(list(OUTPUTS), {"image": image})
         ours = {"boxes": torch.from_numpy(boxes), "scores": torch.from_numpy(scores), "labels": torch.from_numpy(labels)}
-        ref = reference_detections(model, image, scales=scales, flip=flip, mode=mode)
+        ref = reference_detections(model, image, augmentation)
         c = compare_detections(ours, ref, min_iou=CHECK_MIN_IOU, score_tol=CHECK_SCORE_TOL, box_tol=CHECK_BOX_TOL)
         c["size"] = image.shape[:2]
         results.append(c)
@@ -148,15 +151,16 @@ def export_model(
     *,
     class_names: list[str],
     category_ids: list[int] | None = None,
-    scales: list[int] = (),
-    flip: bool = False,
-    mode: str = "union",
+    augmentation: Augmentation = Augmentation(),
     settings: dict | None = None,
 ) -> dict:
-    """Export an eval-mode CPU `model` to `path` after the self-check; returns timings and the check results."""
+    """Export an eval-mode CPU `model` with its test-time `augmentation` (union mode) to `path` after the
+    self-check; returns timings and the check results."""
+    if augmentation.mode != "union" and (augmentation.scales or augmentation.flip):
+        raise UserError(UNSUPPORTED["maxout"])
     pre = model.preprocessor
     traced_size, sizes = check_sizes(pre.min_size_test)
-    graph = DeployGraph(model, scales=scales, flip=flip)
+    graph = DeployGraph(model, scales=list(augmentation.scales), flip=augmentation.flip)
     start = time.perf_counter()
     onnx_bytes = to_onnx_bytes(graph, synthetic_image(*traced_size, seed=0))
     metadata = {"class_names": list(class_names), "detkit_version": __version__, "test_settings": settings or {}}
@@ -165,7 +169,7 @@ def export_model(
     onnx_bytes = with_metadata(onnx_bytes, metadata)
     exported = time.perf_counter()
     images = [synthetic_image(h, w, seed=i + 1) for i, (h, w) in enumerate(sizes)]
-    checks = self_check(onnx_bytes, model, images, scales=scales, flip=flip, mode=mode)
+    checks = self_check(onnx_bytes, model, images, augmentation)
     checked = time.perf_counter()
     write_atomically(path, lambda f: f.write(onnx_bytes))
     return {
@@ -202,6 +206,6 @@ def export_from_config(cfg, weights: str | Path | None, path: str | Path) -> dic
     model, class_names = load_detector(cfg, weights)
     category_ids = read_detector_weights(weights, cfg=cfg).category_ids if weights is not None else None
     return export_model(
-        model, path, class_names=class_names, category_ids=category_ids, scales=list(cfg.test.scales),
-        flip=cfg.test.flip, mode=cfg.test.multiscale_mode, settings=baked_settings(cfg),
+        model, path, class_names=class_names, category_ids=category_ids,
+        augmentation=Augmentation.from_config(cfg), settings=baked_settings(cfg),
     )
