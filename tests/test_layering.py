@@ -171,7 +171,6 @@ def test_scripts_do_not_patch_sys_path():
     assert sys_path_patches(scripts) == []
 
 
-@pytest.mark.xfail(strict=True, reason="engine/train.py:train and evaluation/voc.py:evaluate_voc_results are split next")
 def test_no_long_function_without_a_reason():
     assert long_functions(package_modules()) == []
 

@@ -32,11 +32,11 @@ def resolve_device(name: str) -> torch.device:
         raise UserError(f"model.device={name!r} is not a device; use cpu, cuda, cuda:N or auto") from None
 
 
-def build_model(cfg, *, num_classes: int | None = None) -> FasterRCNN:
-    """Build the C4 Faster R-CNN from `cfg.model` on `cfg.model.device`.
+def build_model(cfg, *, num_classes: int | None = None, device: str | None = None) -> FasterRCNN:
+    """Build the C4 Faster R-CNN from `cfg.model` on `device` (default `cfg.model.device`).
 
-    `num_classes` overrides `cfg.model.num_classes`; one of them must be set (train_net fills it
-    from the training dataset).
+    `num_classes` overrides `cfg.model.num_classes`; one of them must be set (training passes the
+    training data's class count).
     """
     num_classes = num_classes or cfg.model.num_classes
     if not num_classes:
@@ -81,7 +81,7 @@ def build_model(cfg, *, num_classes: int | None = None) -> FasterRCNN:
     )
     if cfg.model.weights:
         load_matching_weights(model, cfg.model.weights, cfg=cfg)
-    model = model.to(resolve_device(cfg.model.device))
+    model = model.to(resolve_device(device or cfg.model.device))
     if cfg.model.channels_last:
         use_channels_last(model)
     return model
