@@ -164,7 +164,6 @@ def test_lower_layers_do_not_import_higher_ones():
     assert upward_imports(import_graph(package_modules())) == []
 
 
-@pytest.mark.xfail(strict=True, reason="demo/image.py imports demo/video.py through sys.path until its helpers move into the package")
 def test_scripts_do_not_patch_sys_path():
     scripts = sorted((ROOT / "tools").glob("*.py")) + sorted((ROOT / "demo").glob("*.py"))
     assert scripts
