@@ -52,10 +52,21 @@ def _check_supported(cfg) -> None:
         unsupported.append("model.roi_heads.box_refinement=true")
     if b.norm != "frozen_bn" or b.preact or b.width != 64:
         unsupported.append("a backbone other than a standard ResNet with frozen BN")
+    if b.stride_in_1x1:
+        unsupported.append("model.backbone.stride_in_1x1=true")
+    m = cfg.model
+    if m.input_format != "RGB" or m.pixel_range != 1.0:
+        unsupported.append(f"model.input_format={m.input_format} with model.pixel_range={m.pixel_range}")
+    if not m.rpn.anchor_round or m.rpn.anchor_offset != 0.0:
+        unsupported.append("anchors that are not rounded to pixels and centred at x*16 (model.rpn.anchor_round/anchor_offset)")
+    if m.size_divisibility != 16 or cfg.input.test_resize != "tensor" or m.clip_mapped_boxes:
+        unsupported.append("model.size_divisibility, input.test_resize or model.clip_mapped_boxes other than 16, tensor, false")
     if unsupported:
         raise UserError(
             f"--compare torchvision: torchvision's FasterRCNN has no counterpart for {', '.join(unsupported)}; "
-            "compare the plain C4 detector (e.g. configs/coco_r101.yaml)"
+            "compare the plain C4 detector (e.g. configs/coco_r101.yaml; for detectron2's R101-C4 test workload add "
+            "model.roi_heads.pooler=roi_align model.roi_heads.sampling_ratio=0 model.rpn.post_nms_topk_test=1000 "
+            "model.rpn.anchor_sizes=[32,64,128,256,512] input.min_size_test=800 input.max_size_test=1333)"
         )
 
 
