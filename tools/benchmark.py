@@ -91,9 +91,7 @@ def main() -> None:
     reference = build_torchvision_equivalent(plain, cfg) if args.compare else None
     model = build_model(cfg, num_classes=num_classes)
     model.load_state_dict(plain.state_dict())
-    optimize_for_inference(
-        model, fold_bn=cfg.test.fold_bn, channels_last=cfg.model.channels_last, torch_compile=cfg.test.compile, amp=cfg.test.amp
-    )
+    optimize_for_inference(model, fold_bn=cfg.test.fold_bn, torch_compile=cfg.test.compile, amp=cfg.test.amp)
     with torch.inference_mode():
         num_proposals = len(model.rpn(model.backbone(model.preprocessor([image])[0]), [tuple(image.shape[-2:])])[0][0])
     speedups = [k for k, on in [("fold_bn", cfg.test.fold_bn), ("channels_last", cfg.model.channels_last),

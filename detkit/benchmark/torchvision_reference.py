@@ -26,6 +26,7 @@ from torchvision.models.detection.rpn import AnchorGenerator, RPNHead
 from torchvision.ops import FrozenBatchNorm2d, MultiScaleRoIAlign, RoIAlign, RoIPool
 
 from detkit.errors import UserError
+from detkit.modeling.backbone.resnet import C4_STRIDE
 from detkit.modeling.detector import FasterRCNN
 
 
@@ -107,7 +108,7 @@ def build_torchvision_equivalent(model: FasterRCNN, cfg) -> TorchvisionFasterRCN
     rpn_head.bbox_pred.load_state_dict(ours_rpn.deltas.state_dict())
 
     size = (roi_cfg.pooler_resolution, roi_cfg.pooler_resolution)
-    scale = 1.0 / 16
+    scale = 1.0 / C4_STRIDE
     if roi_cfg.pooler == "roi_pool":
         pool_op = RoIPool(size, scale)
     else:
@@ -144,7 +145,7 @@ def build_torchvision_equivalent(model: FasterRCNN, cfg) -> TorchvisionFasterRCN
         box_nms_thresh=roi_cfg.nms_thresh,
         box_detections_per_img=roi_cfg.detections_per_image,
         bbox_reg_weights=tuple(roi_cfg.bbox_reg_weights),
-        size_divisible=16,
+        size_divisible=C4_STRIDE,
     )
     # MultiScaleRoIAlign is FPN's pooler (unaligned RoIAlign, scale inferred per level); C4 pools one map
     reference.roi_heads.box_roi_pool = _SingleMapPooler(pool_op)
