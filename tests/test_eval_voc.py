@@ -144,6 +144,11 @@ def test_year_picks_the_measure_2010_is_the_first_area_year():
     rule = {year: VOCEvaluator(dataset_annotations=anns, class_names=CLASSES, year=year).use_11_point
             for year in (2007, 2009, 2010, 2012, None)}
     assert rule == {2007: True, 2009: True, 2010: False, 2012: False, None: False}
+    # evaluate_voc_results decides by the year too: TP, FP, missed object -> 11-point 6/11, area 1/2
+    anns = [ann("a", [GT1, GT2], [0, 0])]
+    results = [det("a", GT1, 0.9), det("a", [300, 300, 310, 310], 0.8)]
+    ap = {year: evaluate_voc_results(results, anns, CLASSES, None, year=year)["AP50"] for year in (2007, 2012)}
+    assert ap == {2007: pytest.approx(100 * 6 / 11), 2012: pytest.approx(50.0)}
 
 
 def test_threshold_is_strict_and_sweep_uses_the_same_rule():
@@ -194,6 +199,8 @@ def test_results_outside_the_set_raise_user_error():
         run([det("zzz", GT1, 0.9)], anns, True)
     with pytest.raises(UserError, match="category_id 21"):
         run([det("a", GT1, 0.9, label=20)], anns, True)
+    with pytest.raises(UserError, match="category_id 3"):  # one past the last class (2 classes: ids 1, 2)
+        run([det("a", GT1, 0.9, label=2)], anns, True)
 
 
 def test_prints_per_class_table(capsys):
