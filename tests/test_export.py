@@ -23,8 +23,7 @@ from detkit.errors import UserError
 from detkit.export import onnx_file
 from detkit.export.onnx_file import CHECK_BOX_TOL, export_from_config, export_model, synthetic_image
 from detkit.modeling.test_time import Augmentation
-from tests.test_demo import read_video, write_video
-from tests.test_detector import TINY
+from tests.conftest import TINY, read_video, tiny_config_dict, write_video
 
 REPO = Path(__file__).resolve().parents[1]
 NAMES = ["circle", "square", "triangle"]
@@ -64,26 +63,13 @@ def exported(tmp_path_factory):
     """(config file, checkpoint, ONNX file) of the tiny model, exported by the library function tools/export.py calls."""
     root = tmp_path_factory.mktemp("export")
     config = root / "tiny.yaml"
-    config.write_text(yaml.safe_dump(overrides_yaml()))
+    config.write_text(yaml.safe_dump(tiny_config_dict(res5=True, num_classes=3, device="cpu")))  # TINY + device
     model = spread_model(tiny_cfg())
     weights = root / "tiny.pth"
     torch.save({"model": model.state_dict(), "class_names": NAMES, "category_ids": CATEGORY_IDS}, weights)
     path = root / "tiny.onnx"
     report = export_from_config(load_config(config), weights, path)
     return config, weights, path, report
-
-
-def overrides_yaml() -> dict:
-    """TINY's KEY=VALUE overrides as a nested YAML mapping."""
-    nested: dict = {"model": {"device": "cpu"}}
-    for item in TINY:
-        key, value = item.split("=", 1)
-        *parents, leaf = key.split(".")
-        node = nested
-        for p in parents:
-            node = node.setdefault(p, {})
-        node[leaf] = yaml.safe_load(value)
-    return nested
 
 
 def test_onnx_gives_pytorchs_detections_at_every_size(exported):
