@@ -209,6 +209,7 @@ def test_image_demo_on_a_folder(tmp_path, model_files):
     assert sorted(p.name for p in out_dir.iterdir()) == ["a.png", "b.jpg"]
     assert cv2.imread(str(out_dir / "a.png")).shape == (61, 97, 3)
     assert cv2.imread(str(out_dir / "b.jpg")).shape == (80, 120, 3)
+    assert "unsupported key" not in result.stderr  # the JPEG quality flag is not given to the PNG encoder
     records = [json.loads(line) for line in (tmp_path / "out.jsonl").read_text().splitlines()]
     seen = [(Path(r["image"]).name, r["width"], r["height"]) for r in records]
     assert seen == [("a.png", 97, 61), ("b.jpg", 120, 80)]
