@@ -204,6 +204,7 @@ def test_confusion_matrix_counts_every_box_once():
     assert sorted(o.det_status) == sorted(["TP", "FP-dup", "FP-class", "FP", "ignored"])
     assert o.gt_status == ["TP", "FN-class", "FN", "crowd"]
     assert o.num_false_positives == 3 and o.num_missed == 1 and o.num_errors == 4
+    assert confusion.duplicate_counts(outcomes, 3) == [1, 0, 0]
     # at threshold 0.25 the car is found
     low = confusion.confusion_matrix(confusion.image_outcomes(gt, dets, score_threshold=0.25), 3)
     assert low[2].tolist() == [0, 0, 1, 0]

@@ -79,6 +79,7 @@ def compute_analysis(
         "confusion": {
             "classes": [*gt.class_names, "background"],
             "matrix": matrix.tolist(),
+            "duplicates": confusion.duplicate_counts(outcomes, len(gt.class_names)),
             "iou": 0.5,
             "score_threshold": score_threshold,
         },
