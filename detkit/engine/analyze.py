@@ -139,7 +139,7 @@ def analyze_saved_results(
     output = Path(output_dir) if output_dir is not None else report_dir_for(results_path)
     output.mkdir(parents=True, exist_ok=True)
     gt = analysis.ground_truth_of(dataset)
-    total = 3 + len(gt.class_names) + min(gallery_size, len(gt.image_ids)) + len(FIGURES)
+    total = 4 + len(gt.class_names) + min(gallery_size, len(gt.image_ids)) + len(FIGURES)  # see compute_analysis
     with tqdm(total=total, desc="analyze", dynamic_ncols=True, disable=None) as bar:
         numbers, standard, outcomes = compute_analysis(
             gt, results, score_threshold=score_threshold, backend=backend, step=bar.update

@@ -161,24 +161,26 @@ def confusion_heatmap(confusion: dict, path: Path) -> None:
 
 
 def size_chart(sizes: dict, path: Path) -> None:
-    """AP and AP50 per sqrt(area) bin (bars), recall at IoU .5 and at the score threshold (lines)."""
-    labels = sizes["bins"]
-    x = np.arange(len(labels))
+    """AP and AP50 per sqrt(area) bin (bars), recall at IoU .5 and at the score threshold (lines); the
+    empty bins at either end are left out."""
+    filled = [i for i, n in enumerate(sizes["num_gt"]) if n] or [0]
+    keep = range(filled[0], filled[-1] + 1)
+
+    def values(key):
+        return [np.nan if sizes[key][i] is None else sizes[key][i] for i in keep]
+
+    x = np.arange(len(keep))
     fig, ax = plt.subplots(figsize=(8, 4))
-    ap = [v if v is not None else np.nan for v in sizes["AP"]]
-    ap50 = [v if v is not None else np.nan for v in sizes["AP50"]]
-    ax.bar(x - 0.2, ap, width=0.4, color="#4c72b0", label="AP")
-    ax.bar(x + 0.2, ap50, width=0.4, color="#a1c9f4", hatch="//", label="AP50")
+    ax.bar(x - 0.2, values("AP"), width=0.4, color="#4c72b0", label="AP")
+    ax.bar(x + 0.2, values("AP50"), width=0.4, color="#a1c9f4", hatch="//", label="AP50")
     for key, style, label in (("recall50", "ko-", "recall, IoU .5, 100 dets"),
                               ("recall_at_threshold", "k^--", "recall, IoU .5, score >= threshold")):  # fmt: skip
         if key in sizes:
-            ax.plot(x, [v if v is not None else np.nan for v in sizes[key]], style, label=label)
-    for xi, n in zip(x, sizes["num_gt"]):
-        ax.text(xi, 101, f"n={n}", ha="center", fontsize=7)
-    ax.set_xticks(x, labels, fontsize=8)
-    ax.set_xlabel("sqrt(area) of the ground-truth box (px)")
+            ax.plot(x, values(key), style, label=label)
+    ax.set_xticks(x, [f"{sizes['bins'][i]}\nn={sizes['num_gt'][i]}" for i in keep], fontsize=8)
+    ax.set_xlabel("sqrt(area) of the ground-truth box (px); n: boxes")
     ax.set_ylabel("%")
-    ax.set_ylim(0, 108)
-    ax.legend(fontsize=8, loc="lower right")
+    ax.set_ylim(0, 100)
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     ax.grid(axis="y", alpha=0.3)
     _save(fig, path)

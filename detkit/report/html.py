@@ -12,6 +12,7 @@ th, td { border: 1px solid #ddd; padding: 2px 6px; text-align: right; }
 th { background: #f3f3f3; } td.name { text-align: left; }
 img { max-width: 100%; border: 1px solid #eee; }
 figure { margin: 0.8em 0; } figcaption { font-size: 0.85em; color: #555; }
+.gallery figure { display: inline-block; width: 48%; vertical-align: top; margin: 0.5em 0.5%; }
 .row { display: flex; flex-wrap: wrap; gap: 1.5em; align-items: flex-start; }
 .note { font-size: 0.85em; color: #555; } pre { font-size: 0.8em; background: #f7f7f7; padding: 0.5em; }
 """
@@ -126,9 +127,11 @@ def _gallery(analysis: dict) -> str:
         "FN missed, FN-class found with the wrong class); right: detections (TP, FP on nothing, FP-class "
         "wrong class, FP-dup duplicate, ignored on a crowd region).</p>",
     ]
+    parts.append('<div class="gallery">')
     for e in entries:
         caption = f"image {e['image_id']}: {e['false_positives']} false positive(s), {e['missed']} missed"
         parts.append(_figure(e["file"], caption))
+    parts.append("</div>")
     return "\n".join(parts)
 
 
