@@ -233,3 +233,20 @@ def test_size_view_bins_are_cocoeval_area_ranges():
     outcomes = confusion.image_outcomes(gt, dets, score_threshold=0.0)
     recall = confusion.recall_by_size(outcomes, (0, 32, 96, 1e5))
     assert recall[2] is None and 0 < recall[0] <= 100
+
+
+def test_size_bins_over_several_runs_equal_one_range_each():
+    gt, dets = random_set(7, num_images=20)
+    coco_dt, _ = standard(gt, dets)
+    sizes = analysis.size_view(gt, coco_dt)  # more bins than one COCOeval run holds
+    filled = [i for i, n in enumerate(sizes["num_gt"]) if n]
+    assert len(filled) > analysis.BINS_PER_RUN
+    for i in filled:
+        lo, hi = sizes["edges"][i], sizes["edges"][i + 1]
+        with contextlib.redirect_stdout(io.StringIO()):
+            e = COCOeval(gt.coco, gt.coco.loadRes([dict(d) for d in dets]), iouType="bbox")
+            e.params.areaRng, e.params.areaRngLbl = [[lo**2, hi**2]], ["bin"]
+            e.evaluate()
+            e.accumulate()
+        p = e.eval["precision"][:, :, :, 0, -1]
+        assert sizes["AP"][i] == pytest.approx(100 * p[p > -1].mean()), sizes["bins"][i]
