@@ -137,6 +137,8 @@ def analyze_saved_results(
     if build_evaluator(dataset) is None:
         raise UserError(f"{where} has no annotations (an image-info file such as test-dev): there is nothing to analyse")
     output = Path(output_dir) if output_dir is not None else report_dir_for(results_path)
+    if output.exists() and not output.is_dir():
+        raise UserError(f"--output {output} is a file; name a folder for the report")
     output.mkdir(parents=True, exist_ok=True)
     gt = analysis.ground_truth_of(dataset)
     total = 4 + len(gt.class_names) + min(gallery_size, len(gt.image_ids)) + len(FIGURES)  # see compute_analysis
