@@ -16,7 +16,8 @@ def test_ablation_prints_table_and_writes_metrics_per_row(tiny_config, tmp_path)
                         "--scales", "48", "64"], capture_output=True, text=True, cwd=ROOT, timeout=300)
     assert r.returncode == 0, r.stderr[-2000:]
     assert "+ context" in r.stdout and "+ multi-scale (maxout, no refinement)" in r.stdout
+    assert "+ multi-scale (maxout, the paper's)" in r.stdout
     rows = sorted(p.name for p in (out / "ablation").iterdir() if p.is_dir())
-    assert len(rows) == 5
+    assert len(rows) == 6
     assert all((out / "ablation" / row / "metrics.json").is_file() for row in rows)
-    assert (out / "ablation" / "table.txt").read_text().count("\n") == 7
+    assert (out / "ablation" / "table.txt").read_text().count("\n") == 8

@@ -47,3 +47,12 @@ def test_benchmark_refuses_a_config_torchvision_cannot_build(tiny_config, tmp_pa
     )
     assert r.returncode == 2
     assert "torchvision" in r.stderr and len(r.stderr.strip().splitlines()) == 1
+
+
+def test_benchmark_onnx_times_both_in_turns(tiny_config, tmp_path):
+    data, stdout = run_benchmark(["--config", str(tiny_config), "--onnx", "model.num_classes=3"], tmp_path)
+    onnx = data["onnx"]
+    assert set(onnx["times"]) == {"pytorch", "onnxruntime"} and onnx["ratio_onnxruntime_to_pytorch"] > 0
+    assert onnx["export"]["export_s"] > 0 and all(c["counts"][0] == c["counts"][1] for c in onnx["export"]["checks"])
+    assert onnx["same_detections"]["same"], onnx["same_detections"]
+    assert "onnxruntime / PyTorch time" in stdout

@@ -14,7 +14,7 @@ import pytest
 import torch
 import yaml
 
-from detkit import build_model, load_config
+from detkit import Predictor, build_model, load_config
 
 REPO = Path(__file__).resolve().parents[1]
 NAMES = ["circle", "square", "triangle"]
@@ -209,9 +209,33 @@ def test_image_demo_on_a_folder(tmp_path, model_files):
     assert sorted(p.name for p in out_dir.iterdir()) == ["a.png", "b.jpg"]
     assert cv2.imread(str(out_dir / "a.png")).shape == (61, 97, 3)
     assert cv2.imread(str(out_dir / "b.jpg")).shape == (80, 120, 3)
+    assert "unsupported key" not in result.stderr  # the JPEG quality flag is not given to the PNG encoder
     records = [json.loads(line) for line in (tmp_path / "out.jsonl").read_text().splitlines()]
     seen = [(Path(r["image"]).name, r["width"], r["height"]) for r in records]
     assert seen == [("a.png", 97, 61), ("b.jpg", 120, 80)]
     for r in records:
         assert len(r["detections"]) >= 1
         check_detections(r["detections"], r["width"], r["height"])
+
+
+def test_image_demo_runs_the_configs_test_time_system(tmp_path, model_files):
+    """Multi-scale (maxout) + flip + refinement given as KEY=VALUE: the demo's detections are Predictor's under
+    the same config (which equals tools/test_net.py's, tests/test_predictor.py), not single-scale ones.
+    demo/video.py builds its predictor with the same function (build_predictor)."""
+    config, weights = model_files
+    path = tmp_path / "a.png"
+    image = np.random.default_rng(1).integers(0, 256, (61, 97, 3), dtype=np.uint8)
+    cv2.imwrite(str(path), image)
+    system = ["test.scales=[48,64,96]", "test.flip=true", "test.multiscale_mode=maxout",
+              "model.roi_heads.box_refinement=true"]
+    result = demo("image.py", path, "--config", config, "--weights", weights, "--json", tmp_path / "out.jsonl",
+                  "--score-threshold", "0.3", *system)
+    assert result.returncode == 0, result.stderr
+    detections = json.loads((tmp_path / "out.jsonl").read_text())["detections"]
+    expected = Predictor(load_config(config, ["model.roi_heads.score_threshold=0.3", *system]), weights)(image)
+    single = Predictor(load_config(config, ["model.roi_heads.score_threshold=0.3", system[-1]]), weights)(image)
+    assert len(detections) == len(expected["boxes"]) >= 3
+    # the single-scale refined detector differs: the comparison covers the multi-scale system
+    assert len(single["boxes"]) != len(expected["boxes"]) or not np.allclose(single["boxes"], expected["boxes"])
+    np.testing.assert_allclose([d["box"] for d in detections], expected["boxes"], atol=0.006)
+    np.testing.assert_allclose([d["score"] for d in detections], expected["scores"], atol=6e-5)

@@ -8,6 +8,9 @@ are described in tests/data/detectron2/README.md. The photos are fed at their ow
 itself is covered against PIL in tests/test_model_zoo_keys.py.
 """
 
+import json
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -15,6 +18,7 @@ import pytest
 import torch
 from PIL import Image
 
+from detkit.checkpoint.coco_categories import COCO_CATEGORIES, COCO_CATEGORY_IDS
 from detkit.config import load_config
 from detkit.modeling.build import load_detector
 from detkit.predictor import Predictor
@@ -124,3 +128,53 @@ def test_predictor_gives_the_same_detections_from_bgr(cfg, reference):
     np.testing.assert_array_equal(out["labels"], reference["coffee_labels"])
     assert np.abs(out["boxes"] - reference["coffee_boxes"]).max() < 1e-4
     assert np.abs(out["scores"] - reference["coffee_scores"]).max() < 1e-5
+
+
+@pytest.fixture(scope="module")
+def photo_set(tmp_path_factory, reference):
+    """A COCO-format set of the three photos whose ground truth is detectron2's own detections (COCO's 80
+    categories and ids): detkit's detections of the .pkl, evaluated with COCO's ids, must score AP 100."""
+    root = tmp_path_factory.mktemp("photos")
+    images, annotations = [], []
+    for image_id, name in enumerate(PHOTOS, start=1):
+        rgb = photo(name)
+        Image.fromarray(rgb).save(root / f"{name}.png")
+        images.append({"id": image_id, "file_name": f"{name}.png", "height": rgb.shape[0], "width": rgb.shape[1]})
+        for box, label in zip(reference[f"{name}_boxes"].tolist(), reference[f"{name}_labels"].tolist()):
+            x1, y1, x2, y2 = box
+            annotations.append({"id": len(annotations) + 1, "image_id": image_id, "category_id": COCO_CATEGORY_IDS[label],
+                                "bbox": [x1, y1, x2 - x1, y2 - y1], "area": (x2 - x1) * (y2 - y1), "iscrowd": 0})
+    categories = [{"id": cid, "name": name} for cid, name in COCO_CATEGORIES]
+    (root / "gt.json").write_text(json.dumps({"images": images, "annotations": annotations, "categories": categories}))
+    return root
+
+
+def run_tool(args: list[str]) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, *args], cwd=ROOT, capture_output=True, text=True, timeout=1800)
+
+
+def test_test_net_on_the_pkl_writes_cocos_ids_and_reproduces_detectron2(photo_set, tmp_path):
+    config = ROOT / "configs" / "detectron2" / "faster_rcnn_R_50_C4_1x.yaml"
+    data = f"data.test=[{{format: coco, images: {photo_set}, annotations: {photo_set / 'gt.json'}}}]"
+    r = run_tool(["tools/test_net.py", "--config", str(config), "--weights", str(DATA / "tiny_r50_c4.pkl"),
+                  "--output-dir", str(tmp_path), *TINY, data])
+    assert r.returncode == 0, r.stderr[-2000:]
+    detections = json.loads((tmp_path / "detections.json").read_text())
+    assert len(detections) == 300 and {d["category_id"] for d in detections} <= set(COCO_CATEGORY_IDS)
+    assert {d["category_id"] for d in detections} >= {1, 3}  # person, car: COCO's ids, not class indices
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    assert metrics["AP"] == pytest.approx(100.0, abs=0.05) and metrics["AP50"] == pytest.approx(100.0, abs=0.05)
+
+
+@pytest.mark.slow
+def test_ablation_runs_on_the_pkl_and_knows_it_has_no_context(photo_set, tmp_path):
+    """tools/ablation.py takes a detectron2 file; its baseline row is detectron2's detections (AP 100 here)."""
+    config = ROOT / "configs" / "detectron2" / "faster_rcnn_R_50_C4_1x.yaml"
+    data = f"data.test=[{{format: coco, images: {photo_set}, annotations: {photo_set / 'gt.json'}}}]"
+    r = run_tool(["tools/ablation.py", "--config", str(config), "--weights", str(DATA / "tiny_r50_c4.pkl"),
+                  "--output-dir", str(tmp_path), *TINY, data, "--scales", "168", "224", "280"])
+    assert r.returncode == 0, r.stderr[-2000:]
+    table = (tmp_path / "ablation" / "table.txt").read_text()
+    assert "(no context)" in table
+    baseline = sorted(p for p in (tmp_path / "ablation").iterdir() if p.is_dir())[0]
+    assert json.loads((baseline / "metrics.json").read_text())["AP"] == pytest.approx(100.0, abs=0.05)

@@ -1,3 +1,4 @@
+import pytest
 import torch
 
 from detkit.modeling.matcher import Matcher
@@ -31,6 +32,19 @@ def test_matcher_single_threshold_and_empty():
     assert labels.tolist() == [1, 0, 0]
     matches, labels = Matcher(thresholds=[0.5])(torch.zeros(0, 4))
     assert labels.tolist() == [0, 0, 0, 0] and matches.shape == (4,)
+
+
+def test_matcher_background_band():
+    # Fast R-CNN: background only from IoU in [0.1, 0.5); lower IoUs are ignored, the edges belong upward
+    iou = torch.tensor([[0.05, 0.1, 0.3, 0.5, 0.9]])
+    _, labels = Matcher(thresholds=[0.1, 0.5], labels=[-1, 0, 1])(iou)
+    assert labels.tolist() == [-1, 0, 0, 1, 1]
+    _, labels = Matcher(thresholds=[0.1, 0.5], labels=[-1, 0, 1])(torch.zeros(0, 3))
+    assert labels.tolist() == [0, 0, 0]  # no ground truth: everything is background
+    with pytest.raises(ValueError, match="labels"):
+        Matcher(thresholds=[0.1, 0.5], labels=[0, 1])
+    with pytest.raises(ValueError, match="increasing"):
+        Matcher(thresholds=[0.5, 0.1])
 
 
 def test_sampler_respects_fraction_and_ignores():

@@ -48,3 +48,55 @@ def test_multiscale_union_and_maxout_run_and_stay_in_image():
         assert len(out["boxes"]) <= model.roi_heads.detections_per_image
         if len(out["boxes"]):
             assert (out["boxes"][:, 2] <= 96 + 1e-3).all() and (out["boxes"][:, 3] <= 64 + 1e-3).all()
+
+
+# --- box refinement under maxout (the paper's full system, appendix B)
+
+def maxout(model, image, scales):
+    with torch.no_grad():
+        return detect(model, [image], scales=scales, flip=False, mode="maxout")[0]
+
+
+def test_maxout_at_one_scale_with_refinement_is_the_single_scale_refined_detector():
+    """One pyramid scale (the test scale): maxout pools every region at that scale only, so with refinement it
+    must give what the single-scale detector's iterative localization gives (tested exactly in
+    test_inference_geometry). The image is twice the test size, so the maxout path's mapping to original
+    pixels and back is exercised (by exact factors)."""
+    model = tiny_model(["model.roi_heads.box_refinement=true"]).eval()  # min_size_test 64, max_size_test 100
+    image = torch.randint(0, 256, (3, 128, 192), dtype=torch.uint8, generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        single = model([image])[0]
+    out = maxout(model, image, [64])
+    assert len(single["boxes"]) >= 5
+    assert torch.equal(out["labels"], single["labels"])
+    assert torch.allclose(out["scores"], single["scores"], atol=1e-5)
+    assert torch.allclose(out["boxes"], single["boxes"], atol=1e-3)
+
+
+def test_refinement_changes_maxout_detections():
+    model = tiny_model().eval()
+    image = torch.randint(0, 256, (3, 64, 96), dtype=torch.uint8, generator=torch.Generator().manual_seed(4))
+    plain = maxout(model, image, [48, 64, 96])
+    model.roi_heads.box_refinement = True
+    refined = maxout(model, image, [48, 64, 96])
+    assert len(plain["boxes"]) >= 5 and len(refined["boxes"]) >= 5
+    assert len(plain["boxes"]) != len(refined["boxes"]) or not torch.allclose(plain["boxes"], refined["boxes"])
+
+
+def test_maxout_refinement_with_an_identity_regressor_changes_nothing():
+    """A zero regressor leaves every box where it is: the second pass pools the same boxes at the same two
+    scales and scores them exactly as the first; with the same NMS threshold and voting only among identical
+    boxes, refinement must return the first pass's detections."""
+    model = tiny_model().eval()
+    heads = model.roi_heads
+    torch.nn.init.zeros_(heads.predictor.bbox_pred.weight)
+    torch.nn.init.zeros_(heads.predictor.bbox_pred.bias)
+    image = torch.randint(0, 256, (3, 64, 96), dtype=torch.uint8, generator=torch.Generator().manual_seed(4))
+    plain = maxout(model, image, [48, 64, 96])
+    heads.box_refinement, heads.refine_nms_thresh, heads.vote_iou_thresh = True, heads.nms_thresh, 1.0
+    refined = maxout(model, image, [48, 64, 96])
+    assert len(plain["boxes"]) >= 5
+    assert torch.equal(refined["labels"], plain["labels"])
+    assert torch.allclose(refined["scores"], plain["scores"], atol=1e-6)
+    assert torch.allclose(refined["boxes"], plain["boxes"], atol=1e-4)
+

@@ -1,12 +1,14 @@
 """Benchmark inference (per stage) and training for a config, against references timed in the same run.
 
 python tools/benchmark.py --config configs/coco_r101.yaml [--size 800] [--runs 3] [--compare torchvision]
-                          [--train] [--quick] [--json FILE] [KEY=VALUE ...]
+                          [--train] [--onnx] [--quick] [--json FILE] [KEY=VALUE ...]
 
 The detector is timed as the config runs it (the speed-ups of `detkit.modeling.optimize` that the config
 switches on: test.fold_bn, model.channels_last, test.compile, test.amp). `--compare torchvision` also
 builds the same detector with every speed-up off and torchvision's FasterRCNN class with the same
-weights, times the three taking turns, and checks that all give the same detections.
+weights, times the three taking turns, and checks that all give the same detections. `--onnx` exports the
+same detector (tools/export.py's path, with its self-check) and times PyTorch eager (with the config's
+speed-ups) and onnxruntime on the CPU on the same image, taking turns; it reports the time ratio and the export time.
 """
 
 import json
@@ -19,7 +21,8 @@ from detkit.config import load_config
 from detkit.data.build import build_datasets
 from detkit.data.loader import build_train_loader
 from detkit.benchmark.compare import compare_detections
-from detkit.benchmark.random_weights import calibrated_resnet_weights, spread_class_scores
+from detkit.benchmark.onnx_timing import time_onnx
+from detkit.benchmark.random_weights import calibrated_resnet_weights, normalised_input_std, spread_class_scores
 from detkit.benchmark.timing import (
     count_flops,
     matmul_gflops,
@@ -30,6 +33,7 @@ from detkit.benchmark.timing import (
 )
 from detkit.benchmark.torchvision_reference import build_torchvision_equivalent, torchvision_detections
 from detkit.engine.setup import ArgumentParser, seed_everything, user_errors_exit
+from detkit.errors import UserError
 from detkit.modeling.build import build_model
 from detkit.modeling.optimize import optimize_for_inference
 
@@ -52,6 +56,8 @@ def main() -> None:
     parser.add_argument("--compare", choices=["torchvision"], help="also time torchvision's FasterRCNN built as the "
                         "same detector with the same weights, and detkit with its speed-ups off; check detections")
     parser.add_argument("--train", action="store_true", help="also time training iterations on data.train")
+    parser.add_argument("--onnx", action="store_true", help="also export to ONNX and time onnxruntime against "
+                        "PyTorch eager on the same image, taking turns (CPU)")
     parser.add_argument("--quick", action="store_true", help="one tiny run of everything (for tests)")
     parser.add_argument("--json", help="write the results here")
     parser.add_argument("overrides", nargs="*")
@@ -67,7 +73,7 @@ def main() -> None:
         # the time depends on the number of proposals, which needs features of a sane scale, not on
         # the values of the weights: use random weights with calibrated BN statistics (no download)
         weights_file = Path(tempfile.mkdtemp()) / f"resnet{b.depth}_calibrated.pth"
-        calibrated_resnet_weights(b.depth, weights_file)
+        calibrated_resnet_weights(b.depth, weights_file, normalised_input_std(cfg.model.pixel_range, cfg.model.pixel_std))
         weights_override = [f"model.backbone.weights={weights_file}"]
     elif b.weights == "imagenet":
         weights_override = ["model.backbone.weights=null"]
@@ -85,9 +91,7 @@ def main() -> None:
     reference = build_torchvision_equivalent(plain, cfg) if args.compare else None
     model = build_model(cfg, num_classes=num_classes)
     model.load_state_dict(plain.state_dict())
-    optimize_for_inference(
-        model, fold_bn=cfg.test.fold_bn, channels_last=cfg.model.channels_last, torch_compile=cfg.test.compile, amp=cfg.test.amp
-    )
+    optimize_for_inference(model, fold_bn=cfg.test.fold_bn, torch_compile=cfg.test.compile, amp=cfg.test.amp)
     with torch.inference_mode():
         num_proposals = len(model.rpn(model.backbone(model.preprocessor([image])[0]), [tuple(image.shape[-2:])])[0][0])
     speedups = [k for k, on in [("fold_bn", cfg.test.fold_bn), ("channels_last", cfg.model.channels_last),
@@ -138,6 +142,18 @@ def main() -> None:
                   f"{c['max_score_diff']:.1e})")
         print(f"detkit / torchvision time: {ratio:.2f}  (no speed-ups: "
               f"{times['detkit_no_speedups']['median_ms'] / times['torchvision']['median_ms']:.2f})")
+
+    if args.onnx:
+        if model.device.type != "cpu":
+            raise UserError("--onnx times onnxruntime's CPU provider against PyTorch on the CPU: add model.device=cpu")
+        onnx = results["onnx"] = time_onnx(model, plain, image, warmup=args.warmup, runs=args.runs)
+        print(f"\nPyTorch eager vs onnxruntime (CPU, {onnx['onnxruntime_threads']} threads each), taking turns, "
+              f"{args.runs} runs after {args.warmup} warm-up:")
+        print_table([(name, t) for name, t in onnx["times"].items()])
+        c = onnx["same_detections"]
+        print(f"onnxruntime / PyTorch time: {onnx['ratio_onnxruntime_to_pytorch']:.2f}; export "
+              f"{onnx['export']['export_s']:.1f} s + self-check {onnx['export']['check_s']:.1f} s; same detections on "
+              f"this image: {c['same']} ({c['counts'][0]} vs {c['counts'][1]}, worst IoU {c['worst_iou']:.4f})")
 
     if args.train:
         train_set = build_datasets(cfg.data.train, cfg=cfg, is_train=True)

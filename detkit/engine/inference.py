@@ -16,7 +16,7 @@ from detkit.evaluation.build import build_evaluator
 from detkit.evaluation.provenance import write_sidecar
 from detkit.evaluation.results import save_results, to_coco_results
 from detkit.modeling.build import load_detector
-from detkit.modeling.test_time import detect
+from detkit.modeling.test_time import Augmentation
 
 logger = logging.getLogger("detkit")
 
@@ -27,15 +27,14 @@ def run_inference(
     dataset,
     *,
     batch_size: int = 1,
-    scales: list[int] = (),
-    flip: bool = False,
-    multiscale_mode: str = "union",
+    augmentation: Augmentation = Augmentation(),
     desc: str = "inference",
 ) -> tuple[list[dict], list[dict]]:
     """Detections for every image of `dataset` as (targets, outputs) lists, boxes in original pixels, on the CPU.
 
-    `scales`/`flip` turn on multi-scale / flipped testing (see detkit.modeling.test_time). Under torchrun each
-    process runs its share of the images and every process gets all of them back (in rank order)."""
+    `augmentation`: multi-scale / flipped testing (`Augmentation.from_config(cfg)`, see
+    detkit.modeling.test_time). Under torchrun each process runs its share of the images and every process
+    gets all of them back (in rank order)."""
     was_training = model.training
     model.eval()
     loader = build_test_loader(dataset, batch_size=batch_size, rank=rank(), world_size=world_size())
@@ -44,7 +43,7 @@ def run_inference(
     for images, targets in tqdm(loader, desc=desc, dynamic_ncols=True, disable=None if is_main_process() else True):
         if not images:
             continue
-        outputs = detect(model, images, scales=scales, flip=flip, mode=multiscale_mode)
+        outputs = augmentation(model, images)
         all_targets.extend(targets)
         all_outputs.extend({k: v.cpu() for k, v in out.items()} for out in outputs)
     elapsed = time.perf_counter() - start
@@ -74,9 +73,7 @@ def evaluate_datasets(
             model,
             dataset,
             batch_size=cfg.test.ims_per_batch,
-            scales=cfg.test.scales,
-            flip=cfg.test.flip,
-            multiscale_mode=cfg.test.multiscale_mode,
+            augmentation=Augmentation.from_config(cfg),
             desc=f"test[{i}]",
         )
         if not is_main_process():

@@ -9,7 +9,6 @@ import sys
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from detkit.errors import UserError
 
@@ -24,6 +23,8 @@ class ArgumentParser(argparse.ArgumentParser):
 
 
 def seed_everything(seed: int) -> None:
+    import torch  # here, not above: the demos with --onnx import this module on machines without torch
+
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)

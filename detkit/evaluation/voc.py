@@ -165,6 +165,47 @@ def format_voc_table(class_names: list[str], npos: list[int], ap50: list, ap: li
     return "\n".join(lines)
 
 
+def _ground_truth_by_class(lookup: Callable[[str], dict], image_ids: list, num_classes: int) -> tuple[list, list]:
+    """Per class, per image position: the objects' VOC corners (G, 4) and difficult flags (G,)."""
+    gt_boxes = [[np.zeros((0, 4))] * len(image_ids) for _ in range(num_classes)]
+    gt_difficult = [[np.zeros(0, dtype=bool)] * len(image_ids) for _ in range(num_classes)]
+    for i, image_id in enumerate(image_ids):
+        ann = lookup(image_id)
+        boxes = _to_voc_corners(ann["boxes"])
+        labels = np.asarray(ann["labels"], dtype=np.int64).reshape(-1)
+        difficult = np.asarray(ann["difficult"], dtype=bool).reshape(-1)
+        for c in np.unique(labels):
+            mask = labels == c
+            gt_boxes[c][i] = boxes[mask]
+            gt_difficult[c][i] = difficult[mask]
+    return gt_boxes, gt_difficult
+
+
+def _detections_by_class(results: list[dict], position: dict, num_classes: int) -> tuple[list, list, list]:
+    """Per class: image positions, scores and VOC corners of the results; one-line errors for results that
+    name an image outside the set or an unknown category."""
+    det_image = [[] for _ in range(num_classes)]
+    det_score = [[] for _ in range(num_classes)]
+    det_box = [[] for _ in range(num_classes)]
+    for k, r in enumerate(results):
+        if r["image_id"] not in position:
+            raise UserError(
+                f"detection {k} refers to image {r['image_id']!r}, which is not in the evaluated VOC set; "
+                "evaluate against the split the detections were made on"
+            )
+        c = int(r["category_id"]) - 1
+        if not 0 <= c < num_classes:
+            raise UserError(
+                f"detection {k} has category_id {r['category_id']}; VOC results use 1..{num_classes} "
+                "(1 + the class index)"
+            )
+        x, y, w, h = r["bbox"]
+        det_image[c].append(position[r["image_id"]])
+        det_score[c].append(float(r["score"]))
+        det_box[c].append([x + 1.0, y + 1.0, x + w, y + h])  # xywh -> VOC corners
+    return det_image, det_score, det_box
+
+
 def evaluate_voc_results(
     results: list[dict],
     annotations: AnnotationSource,
@@ -201,39 +242,8 @@ def evaluate_voc_results(
     position = {image_id: i for i, image_id in enumerate(image_ids)}
     num_classes = len(class_names)
 
-    # Ground truth per class and image position, in VOC corners.
-    gt_boxes = [[np.zeros((0, 4))] * len(image_ids) for _ in range(num_classes)]
-    gt_difficult = [[np.zeros(0, dtype=bool)] * len(image_ids) for _ in range(num_classes)]
-    for i, image_id in enumerate(image_ids):
-        ann = lookup(image_id)
-        boxes = _to_voc_corners(ann["boxes"])
-        labels = np.asarray(ann["labels"], dtype=np.int64).reshape(-1)
-        difficult = np.asarray(ann["difficult"], dtype=bool).reshape(-1)
-        for c in np.unique(labels):
-            mask = labels == c
-            gt_boxes[c][i] = boxes[mask]
-            gt_difficult[c][i] = difficult[mask]
-
-    # Detections per class.
-    det_image = [[] for _ in range(num_classes)]
-    det_score = [[] for _ in range(num_classes)]
-    det_box = [[] for _ in range(num_classes)]
-    for k, r in enumerate(results):
-        if r["image_id"] not in position:
-            raise UserError(
-                f"detection {k} refers to image {r['image_id']!r}, which is not in the evaluated VOC set; "
-                "evaluate against the split the detections were made on"
-            )
-        c = int(r["category_id"]) - 1
-        if not 0 <= c < num_classes:
-            raise UserError(
-                f"detection {k} has category_id {r['category_id']}; VOC results use 1..{num_classes} "
-                "(1 + the class index)"
-            )
-        x, y, w, h = r["bbox"]
-        det_image[c].append(position[r["image_id"]])
-        det_score[c].append(float(r["score"]))
-        det_box[c].append([x + 1.0, y + 1.0, x + w, y + h])  # xywh -> VOC corners
+    gt_boxes, gt_difficult = _ground_truth_by_class(lookup, image_ids, num_classes)
+    det_image, det_score, det_box = _detections_by_class(results, position, num_classes)
 
     npos, ap50, ap = [], [], []
     for c in range(num_classes):

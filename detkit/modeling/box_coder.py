@@ -42,8 +42,8 @@ class BoxCoder:
         wx, wy, ww, wh = self.weights
         reference = reference.to(deltas.dtype)
         r = xyxy_to_cxcywh(reference)
-        # (R, 4k) -> (R, k, 4)
-        d = deltas.view(deltas.shape[0], deltas.shape[1] // 4, 4)
+        # (R, 4k) -> (R, k, 4); R as -1: an exported graph (detkit.export) then reshapes R = 0 too
+        d = deltas.view(-1, deltas.shape[1] // 4, 4)
         dx = d[..., 0] / wx
         dy = d[..., 1] / wy
         dw = (d[..., 2] / ww).clamp(max=_MAX_LOG_SCALE)

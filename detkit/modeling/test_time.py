@@ -4,13 +4,18 @@ Two modes (`test.multiscale_mode`):
     union   the full detector runs at every scale (and flipped); the union of the detections is
             merged by per-class NMS (Detectron / detectron2 test-time augmentation).
     maxout  the paper's variant, after NoC (Ren et al.): the RPN runs once at the single test scale;
-            conv features are computed on the image pyramid one scale at a time (memory stays that
-            of one scale); each RoI is pooled at the two adjacent scales around the one where its
-            area is closest to 224 x 224, both go through the per-region layers, and the two
-            feature vectors are merged by an element-wise max before the classifier and regressor.
+            conv features are computed on the image pyramid one scale at a time (the trunk's
+            activations are those of one scale; the conv4 maps are kept for the refinement pass);
+            each RoI is pooled at the two adjacent scales around the one where its area is closest
+            to 224 x 224, both go through the per-region layers, and the two feature vectors are
+            merged by an element-wise max before the classifier and regressor. With box refinement,
+            the regressed boxes go through the same maxout pooling again (their own two scales),
+            then union, NMS and voting as at a single scale (ResNet paper, appendix B).
 Shapes:
     image (3, H, W); R proposals; D per-region feature size (2D with global context)
 """
+
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor
@@ -92,13 +97,70 @@ def select_adjacent_scales(areas: Tensor, factors: list[float]) -> tuple[Tensor,
     return torch.minimum(best, other), torch.maximum(best, other)
 
 
+class FeaturePyramid:
+    """conv4 features of one image at each pyramid scale (ascending short sides), computed on first use and
+    kept: the refinement pass pools its regressed boxes from the same maps. Only the conv4 maps stay in
+    memory (stride 16), not the trunk's activations."""
+
+    def __init__(self, model: FasterRCNN, image: Tensor, scales: list[int]):
+        pre = model.preprocessor
+        self.model = model
+        self.image = image
+        self.sizes = [scale_sizes(scale, pre.min_size_test, pre.max_size_test) for scale in sorted(scales)]
+        height, width = image.shape[-2:]
+        # the real factor of each scale, long-side cap included (elongated images are capped below `scale`)
+        self.factors = [resize_factor(height, width, *sizes) for sizes in self.sizes]
+        self.maps: dict[int, tuple[Tensor, tuple[int, int]]] = {}
+
+    def seed(self, min_size: int, max_size: int, feature: Tensor, size: tuple[int, int]) -> None:
+        """Keep an already computed map (the RPN's, at the test scale) for the scale with these sizes, if any."""
+        for i, sizes in enumerate(self.sizes):
+            if sizes == (min_size, max_size):
+                self.maps[i] = (feature, size)
+
+    def level(self, i: int) -> tuple[Tensor, tuple[int, int]]:
+        """Scale i's conv4 map (1, C, H', W') and the resized image's (h, w) inside it."""
+        if i not in self.maps:
+            min_size, max_size = self.sizes[i]
+            batch, sizes, _ = self.model.preprocessor([self.image], min_size=min_size, max_size=max_size)
+            self.maps[i] = (self.model.backbone(batch), sizes[0])
+        return self.maps[i]
+
+
+def maxout_features(model: FasterRCNN, pyramid: FeaturePyramid, boxes: Tensor) -> Tensor:
+    """Regions `boxes` (R, 4) in original pixels -> features (R, D): each region pooled at the two adjacent
+    scales around its canonical one, through the per-region layers, merged by an element-wise max."""
+    height, width = pyramid.image.shape[-2:]
+    low, high = select_adjacent_scales(box_area(boxes), pyramid.factors)
+    features_low = features_high = None
+    for i in range(len(pyramid.factors)):
+        wanted_low, wanted_high = low == i, high == i
+        if not (wanted_low.any() or wanted_high.any()):
+            continue  # this scale serves no region: no backbone pass for it
+        feature, (h, w) = pyramid.level(i)
+        scaled = boxes * torch.tensor([w / width, h / height, w / width, h / height], device=boxes.device)
+        feats = model.roi_heads.box_features(feature, [scaled], [(h, w)])  # (R, D): every region, this scale
+        if features_low is None:
+            features_low = feats.new_zeros(feats.shape)
+            features_high = feats.new_zeros(feats.shape)
+        features_low[wanted_low] = feats[wanted_low]
+        features_high[wanted_high] = feats[wanted_high]
+    return torch.maximum(features_low, features_high)
+
+
 @torch.no_grad()
 def detect_maxout(model: FasterRCNN, image: Tensor, *, scales: list[int]) -> dict:
-    """The paper's variant: RPN at the test scale, per-region features maxed over two adjacent scales."""
+    """The paper's variant: RPN at the test scale, per-region features maxed over two adjacent scales.
+
+    With `box_refinement` the paper's system (appendix B): each region's box regressed for its best class
+    is pooled again by maxout over the two scales adjacent to its own canonical one, scored and regressed
+    a second time; the union of both passes goes through NMS at `refine_nms_thresh`, then box voting
+    (`RoIHeads.predict_refined`, as at a single scale)."""
     pre, heads = model.preprocessor, model.roi_heads
     height, width = image.shape[-2:]
     batch, sizes, _ = pre([image])
-    proposals, _ = model.rpn(model.backbone(batch), sizes)
+    feature = model.backbone(batch)
+    proposals, _ = model.rpn(feature, sizes)
     # base-scale boxes -> original pixels
     sy, sx = height / sizes[0][0], width / sizes[0][1]
     boxes = proposals[0] * torch.tensor([sx, sy, sx, sy], device=proposals[0].device)
@@ -106,30 +168,17 @@ def detect_maxout(model: FasterRCNN, image: Tensor, *, scales: list[int]) -> dic
         # no proposal: nothing to pool, the empty result of the single-scale path
         empty = boxes.new_zeros((0, heads.num_classes, 4))
         return heads.postprocess(boxes.new_zeros((0, heads.num_classes + 1)), empty, (height, width), heads.nms_thresh)
-    scales = sorted(scales)
-    # the real factor of each scale, long-side cap included (elongated images are capped below `scale`)
-    factors = [
-        resize_factor(height, width, *scale_sizes(scale, pre.min_size_test, pre.max_size_test)) for scale in scales
-    ]
-    low, high = select_adjacent_scales(box_area(boxes), factors)
-    features_low = features_high = None
-    for i, scale in enumerate(scales):
-        wanted_low, wanted_high = low == i, high == i
-        if not (wanted_low.any() or wanted_high.any()):
-            continue  # this scale serves no region: skip its backbone pass
-        min_size, max_size = scale_sizes(scale, pre.min_size_test, pre.max_size_test)
-        batch_i, sizes_i, _ = pre([image], min_size=min_size, max_size=max_size)
-        feature = model.backbone(batch_i)
-        fy, fx = sizes_i[0][0] / height, sizes_i[0][1] / width
-        scaled = boxes * torch.tensor([fx, fy, fx, fy], device=boxes.device)
-        feats = heads.box_features(feature, [scaled], sizes_i)  # (R, D): every region, this scale
-        if features_low is None:
-            features_low = feats.new_zeros(feats.shape)
-            features_high = feats.new_zeros(feats.shape)
-        features_low[wanted_low] = feats[wanted_low]
-        features_high[wanted_high] = feats[wanted_high]
-        del feature
-    probs, class_boxes = heads.classify(torch.maximum(features_low, features_high), [boxes], [(height, width)])
+    pyramid = FeaturePyramid(model, image, scales)
+    pyramid.seed(pre.min_size_test, pre.max_size_test, feature, sizes[0])
+    del feature
+
+    def score(regions: list[Tensor]) -> tuple[list[Tensor], list[Tensor]]:
+        # one image's regions (R, 4) -> probabilities [(R, K+1)], clipped class boxes [(R, K, 4)]
+        return heads.classify(maxout_features(model, pyramid, regions[0]), regions, [(height, width)])
+
+    probs, class_boxes = score([boxes])
+    if heads.box_refinement:
+        return heads.predict_refined(probs, class_boxes, [(height, width)], rescore=score)[0]
     return heads.postprocess(probs[0], class_boxes[0], (height, width), heads.nms_thresh)
 
 
@@ -157,3 +206,22 @@ def detect(model: FasterRCNN, images: list[Tensor], *, scales: list[int], flip: 
         else:
             raise ValueError(f"test.multiscale_mode must be union or maxout, got {mode!r}")
     return outputs
+
+
+@dataclass(frozen=True)
+class Augmentation:
+    """The config's test-time system: `test.scales`, `test.flip`, `test.multiscale_mode` (refinement and
+    context live in the model). The one inference call of tools/test_net.py, the evaluation during
+    training, tools/ablation.py, `detkit.Predictor` and the demos, so one config gives one set of detections."""
+
+    scales: tuple[int, ...] = ()
+    flip: bool = False
+    mode: str = "union"
+
+    @classmethod
+    def from_config(cls, cfg) -> "Augmentation":
+        return cls(scales=tuple(cfg.test.scales), flip=bool(cfg.test.flip), mode=cfg.test.multiscale_mode)
+
+    def __call__(self, model: FasterRCNN, images: list[Tensor]) -> list[dict]:
+        """Images (3, H_i, W_i) RGB 0..255 -> detections in each image's pixels."""
+        return detect(model, images, scales=list(self.scales), flip=self.flip, mode=self.mode)
