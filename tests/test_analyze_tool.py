@@ -127,6 +127,7 @@ def test_voc_report(tmp_path, monkeypatch, capsys):
         ("contiguous category", "detection 0 has category_id 0, not one of data.test[0]'s category ids [1, 3, 90]"),
         ("threshold", "--score-threshold 1.5 must lie in [0, 1]"),
         ("no annotations", "has no annotations"),
+        ("output is a file", "is a file; name a folder for the report"),
     ],
 )
 def test_bad_inputs_exit_2_with_one_line(tmp_path, monkeypatch, capsys, coco_setup, case, message):
@@ -142,6 +143,8 @@ def test_bad_inputs_exit_2_with_one_line(tmp_path, monkeypatch, capsys, coco_set
         save_results(results, [dict(dets[0], category_id=0)])
     elif case == "threshold":
         args += ["--score-threshold", "1.5"]
+    elif case == "output is a file":
+        args += ["--output", str(results)]
     else:
         images, info, _ = write_coco(tmp_path / "testdev", with_annotations=False)
         args[1] = str(write_test_config(tmp_path / "td.yaml", [{"format": "coco", "images": str(images), "annotations": str(info)}]))
