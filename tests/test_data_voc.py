@@ -2,41 +2,13 @@
 
 import warnings
 
-import cv2
 import numpy as np
 import pytest
 import torch
 
 from detkit.data.voc import VOC_CLASSES, VOCDataset, infer_year, parse_voc_xml
 from detkit.errors import UserError
-
-
-def obj_xml(name, box, difficult=0, truncated=0):
-    xmin, ymin, xmax, ymax = box
-    return (
-        f"<object><name>{name}</name><pose>Left</pose><truncated>{truncated}</truncated>"
-        f"<difficult>{difficult}</difficult><bndbox><xmin>{xmin}</xmin><ymin>{ymin}</ymin>"
-        f"<xmax>{xmax}</xmax><ymax>{ymax}</ymax></bndbox></object>"
-    )
-
-
-def annotation_xml(stem, h, w, objects):
-    return (
-        f"<annotation><folder>VOC2007</folder><filename>{stem}.jpg</filename>"
-        f"<size><width>{w}</width><height>{h}</height><depth>3</depth></size>{''.join(objects)}</annotation>"
-    )
-
-
-def make_voc(root, images):
-    """images: {stem: (h, w, [objects xml])} -> a VOCdevkit year folder with a 'test' split."""
-    for sub in ("Annotations", "JPEGImages", "ImageSets/Main"):
-        (root / sub).mkdir(parents=True, exist_ok=True)
-    rng = np.random.default_rng(0)
-    for stem, (h, w, objects) in images.items():
-        cv2.imwrite(str(root / "JPEGImages" / f"{stem}.jpg"), rng.integers(0, 255, (h, w, 3), dtype=np.uint8))
-        (root / "Annotations" / f"{stem}.xml").write_text(annotation_xml(stem, h, w, objects))
-    (root / "ImageSets/Main/test.txt").write_text("".join(f"{s}\n" for s in images))
-    return root
+from tests.conftest import annotation_xml, make_voc, obj_xml
 
 
 @pytest.fixture

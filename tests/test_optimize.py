@@ -6,8 +6,7 @@ from torchvision.ops import FrozenBatchNorm2d
 
 from detkit.modeling.optimize import optimize_for_inference
 from detkit.modeling.roi_heads import RoIPooler
-from tests.test_detector import tiny_model
-from tests.test_fold_bn import randomise_frozen_bn
+from tests.conftest import randomise_frozen_bn, tiny_model
 
 
 def frozen_model(*extra):

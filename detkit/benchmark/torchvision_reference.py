@@ -59,7 +59,7 @@ def _check_supported(cfg) -> None:
         unsupported.append(f"model.input_format={m.input_format} with model.pixel_range={m.pixel_range}")
     if not m.rpn.anchor_round or m.rpn.anchor_offset != 0.0:
         unsupported.append("anchors that are not rounded to pixels and centred at x*16 (model.rpn.anchor_round/anchor_offset)")
-    if m.size_divisibility != 16 or cfg.input.test_resize != "tensor" or m.clip_mapped_boxes:
+    if m.size_divisibility != C4_STRIDE or cfg.input.test_resize != "tensor" or m.clip_mapped_boxes:
         unsupported.append("model.size_divisibility, input.test_resize or model.clip_mapped_boxes other than 16, tensor, false")
     if unsupported:
         raise UserError(

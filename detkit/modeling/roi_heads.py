@@ -363,7 +363,7 @@ class RoIHeads(nn.Module):
     def postprocess(self, probs: Tensor, boxes: Tensor, image_size: tuple[int, int], nms_thresh: float) -> dict:
         """probs (R, K+1), boxes (R, K, 4) clipped to `image_size` -> {boxes (D, 4), scores (D,), labels (D,)},
         D <= detections_per_image: the candidates (`candidates`) that survive per-class NMS at `nms_thresh`."""
-        detections, _ = self.nms(*self.candidates(probs, boxes), nms_thresh)
+        detections, _ = self.select_detections(*self.candidates(probs, boxes), nms_thresh)
         return detections
 
     def postprocess_with_voting(
@@ -371,7 +371,7 @@ class RoIHeads(nn.Module):
     ) -> dict:
         """`postprocess`, then each kept box replaced by the vote (`box_voting`) of all candidates around it."""
         candidates = self.candidates(probs, boxes)
-        detections, kept = self.nms(*candidates, nms_thresh)
+        detections, kept = self.select_detections(*candidates, nms_thresh)
         if len(kept):
             cand_boxes, cand_scores, cand_labels = candidates
             detections["boxes"] = box_voting(
@@ -392,7 +392,9 @@ class RoIHeads(nn.Module):
             keep &= nonempty(boxes, 1e-2)
         return boxes[keep], fg_scores[keep], labels[keep]
 
-    def nms(self, boxes: Tensor, scores: Tensor, labels: Tensor, nms_thresh: float) -> tuple[dict, Tensor]:
+    def select_detections(
+        self, boxes: Tensor, scores: Tensor, labels: Tensor, nms_thresh: float
+    ) -> tuple[dict, Tensor]:
         """Per-class NMS over candidates (M, 4), (M,), (M,), best `detections_per_image` kept:
         ({boxes (D, 4), scores (D,), labels (D,)}, the kept candidates' indices (D,))."""
         kept = batched_nms(boxes, scores, labels, nms_thresh)[: self.detections_per_image]
