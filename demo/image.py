@@ -21,18 +21,12 @@ import numpy as np
 from tqdm import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))  # the sibling demo/video.py, also when imported
-from video import (  # noqa: E402
-    add_model_arguments,
-    build_predictor,
-    check_model_arguments,
-    detections_to_json,
-    ensure_writable,
-)
-
-from detkit.engine.setup import ArgumentParser, setup_logging, user_errors_exit  # noqa: E402
-from detkit.errors import UserError  # noqa: E402
-from detkit.visualize import draw_detections  # noqa: E402
+from detkit.cli.json_lines import detections_to_json
+from detkit.cli.model_arguments import add_model_arguments, build_predictor, check_model_arguments
+from detkit.cli.output_paths import ensure_writable
+from detkit.engine.setup import ArgumentParser, setup_logging, user_errors_exit
+from detkit.errors import UserError
+from detkit.visualize import draw_detections
 
 logger = logging.getLogger("detkit")
 
@@ -50,7 +44,11 @@ def read_image(path: Path) -> np.ndarray | None:
 
 
 def write_image(path: Path, image: np.ndarray) -> None:
-    ok, data = cv2.imencode(path.suffix or ".png", image, [cv2.IMWRITE_JPEG_QUALITY, 95])
+    """Encode by the file's extension (.png when it has none); JPEG at quality 95. The quality flag goes to JPEG
+    alone: given to another encoder, OpenCV prints an "unsupported key" warning through the progress bar."""
+    suffix = path.suffix.lower() or ".png"
+    params = [cv2.IMWRITE_JPEG_QUALITY, 95] if suffix in (".jpg", ".jpeg") else []
+    ok, data = cv2.imencode(suffix, image, params)
     if not ok:
         raise UserError(f"cannot encode {path} as {path.suffix} with OpenCV")
     try:

@@ -32,129 +32,20 @@ import numpy as np  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 from tqdm.contrib.logging import logging_redirect_tqdm  # noqa: E402
 
-from detkit import load_config  # noqa: E402
-from detkit.engine.setup import ArgumentParser, default_output_dir, setup_logging, user_errors_exit  # noqa: E402
+from detkit.cli.json_lines import detections_to_json  # noqa: E402
+from detkit.cli.model_arguments import add_model_arguments, build_predictor, check_model_arguments  # noqa: E402
+from detkit.cli.output_paths import ensure_writable  # noqa: E402
+from detkit.engine.setup import ArgumentParser, setup_logging, user_errors_exit  # noqa: E402
 from detkit.errors import UserError  # noqa: E402
-from detkit.visualize import class_name, draw_detections  # noqa: E402
+from detkit.visualize import draw_detections  # noqa: E402
 
 logger = logging.getLogger("detkit")
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-DEFAULT_CONFIG = "configs/shapes_r18.yaml"  # the embedded default; found relative to the repo when not in the cwd
-DEFAULT_SCORE_THRESHOLD = 0.5
 # Output extension -> FourCC. opencv-python-headless ships FFmpeg without an H.264 encoder, so .mp4 gets
 # MPEG-4 Part 2 ("mp4v"), which every common player reads; .avi gets Motion-JPEG (every frame a JPEG).
 CODECS = {".mp4": "mp4v", ".m4v": "mp4v", ".mov": "mp4v", ".mkv": "mp4v", ".avi": "MJPG"}
 MAX_DECODE_FAILURES = 100  # consecutive failed frames after which a stream counts as ended
 WINDOW = "detkit"
-
-
-# ---- shared with demo/image.py -------------------------------------------------------------------
-
-
-def add_model_arguments(parser: ArgumentParser) -> None:
-    """--config, --weights, --onnx, --json, --score-threshold, --device and KEY=VALUE overrides."""
-    parser.add_argument("--config", metavar="CFG", help=f"model config (default: {DEFAULT_CONFIG})")
-    parser.add_argument(
-        "--weights", metavar="W",
-        help="checkpoint (default: output/<config stem>/model_final.pth, what tools/train_net.py writes)",
-    )
-    parser.add_argument(
-        "--onnx", metavar="MODEL.onnx",
-        help="run this exported file (tools/export.py) with onnxruntime instead of the PyTorch model; its "
-        "test settings are fixed in the file, so --config, --weights and KEY=VALUE do not apply",
-    )
-    parser.add_argument("--json", metavar="OUT.jsonl", help="also write the detections, one JSON line per frame/image")
-    parser.add_argument(
-        "--score-threshold", type=float, default=DEFAULT_SCORE_THRESHOLD, metavar="S",
-        help=f"draw and write detections scoring at least S; also sets model.roi_heads.score_threshold "
-        f"(default: {DEFAULT_SCORE_THRESHOLD})",
-    )
-    parser.add_argument("--device", help="cpu, cuda or cuda:N; sets model.device (default: the config's)")
-    parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
-                        help="config overrides, e.g. input.min_size_test=320")
-
-
-def check_model_arguments(parser: ArgumentParser, args) -> None:
-    if not 0.0 <= args.score_threshold <= 1.0:
-        parser.error(f"--score-threshold must lie in [0, 1], got {args.score_threshold}")
-    if args.onnx:
-        given = [flag for flag, value in [("--config", args.config), ("--weights", args.weights)] if value]
-        given += ["KEY=VALUE overrides"] if args.overrides else []
-        if given:
-            parser.error(f"--onnx runs the exported file as it is: {', '.join(given)} cannot change it "
-                         "(export again with tools/export.py to change the model or its test settings)")
-
-
-def build_onnx_predictor(args):
-    """`detkit.OnnxPredictor` on --onnx; --device cuda picks onnxruntime's CUDA provider."""
-    from detkit.onnx_predictor import OnnxPredictor
-
-    providers = None
-    if args.device and args.device.startswith("cuda"):
-        providers = ["CUDAExecutionProvider"]
-    predictor = OnnxPredictor(args.onnx, providers=providers)
-    logger.info(f"model: {args.onnx} on {predictor.device} (detections below the export's score threshold "
-                f"{predictor.settings.get('model.roi_heads.score_threshold', '?')} are not in the file's output)")
-    return predictor
-
-
-def build_predictor(args):
-    """Config (default: the embedded shapes config) + overrides, then the weights (default: what train_net writes);
-    with --onnx, the exported file in onnxruntime instead."""
-    if args.onnx:
-        return build_onnx_predictor(args)
-    from detkit.predictor import Predictor  # here: with --onnx, torch is never imported
-    if args.config:
-        config = Path(args.config)
-    else:
-        config = Path(DEFAULT_CONFIG) if Path(DEFAULT_CONFIG).is_file() else REPO_ROOT / DEFAULT_CONFIG
-    overrides = [f"model.roi_heads.score_threshold={args.score_threshold}"]
-    if args.device:
-        overrides.append(f"model.device={args.device}")
-    cfg = load_config(config, overrides + list(args.overrides))  # the user's KEY=VALUE come last and win
-    if args.weights:
-        weights = Path(args.weights)
-        if not weights.is_file():
-            raise UserError(f"weights not found: {weights}")
-    else:
-        weights = default_output_dir(str(config)) / "model_final.pth"
-        if not weights.is_file():
-            raise UserError(
-                f"no trained weights at {weights} (the default for {config.name}): train first with "
-                f"`python tools/train_net.py --config {args.config or DEFAULT_CONFIG}`, or pass --weights W"
-            )
-    predictor = Predictor(cfg, weights)
-    logger.info(f"model: {config} with {weights} on {predictor.device}")
-    return predictor
-
-
-def detections_to_json(out: dict[str, np.ndarray], class_names: list[str], score_threshold: float) -> list[dict]:
-    """Predictor output -> [{"box": [x0, y0, x1, y1], "score", "label", "name"}] for scores >= threshold."""
-    return [
-        {"box": [round(float(v), 2) for v in box], "score": round(float(score), 4), "label": int(label),
-         "name": class_name(int(label), class_names)}
-        for box, score, label in zip(out["boxes"], out["scores"], out["labels"])
-        if score >= score_threshold
-    ]
-
-
-def ensure_writable(path: Path, what: str) -> None:
-    """Create the parent folders and make sure `path` can be written, before any slow work starts."""
-    if path.is_dir():
-        raise UserError(f"{what} {path} is a folder: give a file name")
-    folder = next((p for p in path.absolute().parents if p.exists()), None)
-    if folder is not None and not folder.is_dir():
-        raise UserError(f"cannot write {what} {path}: {folder} is a file, not a folder")
-    existed = path.exists()
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with open(path, "ab"):
-            pass
-    except OSError as e:
-        raise UserError(f"cannot write {what} {path}: {e.strerror or e}") from None
-    if not existed:
-        path.unlink()
 
 
 # ---- video input and output ----------------------------------------------------------------------
@@ -321,51 +212,73 @@ def main(argv: list[str] | None = None) -> None:
         cap.release()
 
 
+class FrameAnnotator:
+    """Detects and draws one frame at a time, standing in the previous annotated frame for frames that failed to
+    decode and resizing frames of another size to the first one's; counts what it saw for the summary line."""
+
+    def __init__(self, predictor, *, name: str, fps: float, size: tuple[int, int], score_threshold: float):
+        self.predictor, self.name, self.fps, self.score_threshold = predictor, name, fps, score_threshold
+        self.width, self.height = size
+        self.previous = np.zeros((self.height, self.width, 3), np.uint8)  # black until the first decoded frame
+        self.frames = self.detections = self.decode_failures = 0
+        self.detector_time = 0.0
+        self.resized_warned = False
+
+    def __call__(self, index: int, frame: np.ndarray | None) -> tuple[dict, np.ndarray]:
+        """(the frame's JSON record, the annotated BGR frame to write)."""
+        record = {"frame": index, "time": round(index / self.fps, 6), "detections": []}
+        self.frames += 1
+        if frame is None:
+            self.decode_failures += 1
+            if self.decode_failures == 1:
+                logger.warning(
+                    f"{self.name}: frame {index} failed to decode; the previous annotated frame stands in for it "
+                    "(JSON: \"error\": \"decode failed\"); later failures are only counted"
+                )
+            record["error"] = "decode failed"
+            return record, self.previous
+        if frame.shape[:2] != (self.height, self.width):
+            if not self.resized_warned:
+                logger.warning(f"{self.name}: frame {index} is {frame.shape[1]}x{frame.shape[0]}, "
+                               f"resized to the first frame's {self.width}x{self.height}")
+                self.resized_warned = True
+            frame = cv2.resize(frame, (self.width, self.height), interpolation=cv2.INTER_AREA)
+        t0 = time.perf_counter()
+        out = self.predictor(frame)
+        self.detector_time += time.perf_counter() - t0
+        record["detections"] = detections_to_json(out, self.predictor.class_names, self.score_threshold)
+        self.detections += len(record["detections"])
+        self.previous = draw_detections(frame, out["boxes"], out["scores"], out["labels"],
+                                        self.predictor.class_names, score_threshold=self.score_threshold)
+        return record, self.previous
+
+    def summary(self, elapsed: float) -> str:
+        decoded = self.frames - self.decode_failures
+        rate = self.frames / elapsed if elapsed > 0 else 0.0
+        failures = f", {self.decode_failures} failed to decode" if self.decode_failures else ""
+        return (
+            f"{self.frames} frames{failures} in {elapsed:.1f} s: {1000 * elapsed / max(self.frames, 1):.1f} ms/frame "
+            f"({rate:.1f} frames/s; detector {1000 * self.detector_time / max(decoded, 1):.1f} ms/frame), "
+            f"{self.detections} detections at score >= {self.score_threshold:g}"
+        )
+
+
 def run(predictor, stream, args, *, name: str, output: Path, json_path: Path | None, fps: float,
         total: int | None, size: tuple[int, int]) -> None:
     """Detect, draw, write: one output frame and one JSON line per input frame index."""
-    width, height = size
-    writer = open_writer(output, fps, width, height)
+    annotate = FrameAnnotator(predictor, name=name, fps=fps, size=size, score_threshold=args.score_threshold)
+    writer = open_writer(output, fps, *size)
     json_file = open(json_path, "w", buffering=1) if json_path else None  # line-buffered: complete lines on Ctrl-C
-    written = num_detections = decode_failures = 0
-    resized_warned = False
-    detector_time = 0.0
-    previous = np.zeros((height, width, 3), np.uint8)  # stands in for frames that fail to decode
     start = time.perf_counter()
     try:
         with logging_redirect_tqdm(loggers=[logger]), tqdm(
             total=total, desc=name, unit="frame", dynamic_ncols=True, file=sys.stderr
         ) as bar:
             for index, frame in stream:
-                record = {"frame": index, "time": round(index / fps, 6), "detections": []}
-                if frame is None:
-                    decode_failures += 1
-                    if decode_failures == 1:
-                        logger.warning(
-                            f"{name}: frame {index} failed to decode; the previous annotated frame stands in for it "
-                            "(JSON: \"error\": \"decode failed\"); later failures are only counted"
-                        )
-                    record["error"] = "decode failed"
-                    annotated = previous
-                else:
-                    if frame.shape[:2] != (height, width):
-                        if not resized_warned:
-                            logger.warning(f"{name}: frame {index} is {frame.shape[1]}x{frame.shape[0]}, "
-                                           f"resized to the first frame's {width}x{height}")
-                            resized_warned = True
-                        frame = cv2.resize(frame, (width, height), interpolation=cv2.INTER_AREA)
-                    t0 = time.perf_counter()
-                    out = predictor(frame)
-                    detector_time += time.perf_counter() - t0
-                    record["detections"] = detections_to_json(out, predictor.class_names, args.score_threshold)
-                    num_detections += len(record["detections"])
-                    annotated = draw_detections(frame, out["boxes"], out["scores"], out["labels"],
-                                                predictor.class_names, score_threshold=args.score_threshold)
+                record, annotated = annotate(index, frame)
                 writer.write(annotated)
                 if json_file is not None:
                     json_file.write(json.dumps(record) + "\n")
-                written += 1
-                previous = annotated
                 bar.update(1)
                 if args.show:
                     cv2.imshow(WINDOW, annotated)
@@ -373,7 +286,7 @@ def run(predictor, stream, args, *, name: str, output: Path, json_path: Path | N
                         logger.info("stopped from the window")
                         break
     except KeyboardInterrupt:
-        logger.warning(f"interrupted: {output} holds the {written} frames written so far")
+        logger.warning(f"interrupted: {output} holds the {annotate.frames} frames written so far")
         raise
     finally:
         writer.release()  # writes the container's index, so the file plays even after an error
@@ -381,18 +294,8 @@ def run(predictor, stream, args, *, name: str, output: Path, json_path: Path | N
             json_file.close()
         if args.show:
             cv2.destroyAllWindows()
-
-    elapsed = time.perf_counter() - start
-    decoded = written - decode_failures
-    per_frame = 1000 * elapsed / max(written, 1)
-    rate = written / elapsed if elapsed > 0 else 0.0
-    detector_ms = 1000 * detector_time / max(decoded, 1)
-    failures = f", {decode_failures} failed to decode" if decode_failures else ""
-    logger.info(
-        f"{written} frames{failures} in {elapsed:.1f} s: {per_frame:.1f} ms/frame ({rate:.1f} frames/s; "
-        f"detector {detector_ms:.1f} ms/frame), {num_detections} detections at score >= {args.score_threshold:g}; "
-        f"wrote {output}" + (f" and {json_path}" if json_path else "")
-    )
+    wrote = f"wrote {output}" + (f" and {json_path}" if json_path else "")
+    logger.info(f"{annotate.summary(time.perf_counter() - start)}; {wrote}")
 
 
 if __name__ == "__main__":

@@ -13,11 +13,13 @@ from typing import BinaryIO
 
 
 def write_atomically(path: str | os.PathLike, write: Callable[[BinaryIO], None]) -> None:
-    """Call `write(binary file)` on a temporary file in `path`'s folder, fsync, then rename it to `path`."""
+    """Call `write(binary file)` on a temporary file in `path`'s folder, fsync, then rename it to `path`.
+    The file gets the permissions a plain `open(path, "w")` would give (0666 less the umask), not mkstemp's 0600."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        os.chmod(tmp, 0o666 & ~_umask())
         with os.fdopen(fd, "wb") as f:
             write(f)
             f.flush()
@@ -26,6 +28,12 @@ def write_atomically(path: str | os.PathLike, write: Callable[[BinaryIO], None])
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def _umask() -> int:
+    mask = os.umask(0)  # the only way to read it: set and restore
+    os.umask(mask)
+    return mask
 
 
 def write_json(path: str | os.PathLike, data, **dumps_kwargs) -> None:

@@ -413,16 +413,24 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
         for k in reversed(keys):
             nested = {k: nested}
         _merge(cfg, nested, "", f"override '{item}'")
+    cfg = _to_config(cfg)
     _check_together(cfg, str(path) if path is not None else "the defaults", bool(overrides))
-    return _to_config(cfg)
+    return cfg
 
 
-def _check_together(cfg: dict, path: str, overridden: bool) -> None:
+def _check_together(cfg: Config, path: str, overridden: bool) -> None:
     """Values that are only wrong in combination (each one alone passed its rule)."""
     where = path + (" and its overrides" if overridden else "")
-    if cfg["test"]["scales"] and cfg["input"]["min_size_test"] == 0:
+    if cfg.test.scales and cfg.input.min_size_test == 0:
         raise UserError(
             f"config keys 'test.scales' and 'input.min_size_test' in {where}: multi-scale testing needs "
             "input.min_size_test > 0 (each scale's long-side cap keeps max_size_test / min_size_test); "
             "set input.min_size_test or empty test.scales"
+        )
+    roi = cfg.model.roi_heads
+    if roi.bg_iou_thresh_low > roi.fg_iou_thresh:
+        raise UserError(
+            f"config keys 'model.roi_heads.bg_iou_thresh_low' ({roi.bg_iou_thresh_low}) and 'fg_iou_thresh' "
+            f"({roi.fg_iou_thresh}) in {where}: background is IoU in [bg_iou_thresh_low, fg_iou_thresh); "
+            "set bg_iou_thresh_low at most fg_iou_thresh"
         )

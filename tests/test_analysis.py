@@ -204,6 +204,7 @@ def test_confusion_matrix_counts_every_box_once():
     assert sorted(o.det_status) == sorted(["TP", "FP-dup", "FP-class", "FP", "ignored"])
     assert o.gt_status == ["TP", "FN-class", "FN", "crowd"]
     assert o.num_false_positives == 3 and o.num_missed == 1 and o.num_errors == 4
+    assert confusion.duplicate_counts(outcomes, 3) == [1, 0, 0]
     # at threshold 0.25 the car is found
     low = confusion.confusion_matrix(confusion.image_outcomes(gt, dets, score_threshold=0.25), 3)
     assert low[2].tolist() == [0, 0, 1, 0]
@@ -232,3 +233,20 @@ def test_size_view_bins_are_cocoeval_area_ranges():
     outcomes = confusion.image_outcomes(gt, dets, score_threshold=0.0)
     recall = confusion.recall_by_size(outcomes, (0, 32, 96, 1e5))
     assert recall[2] is None and 0 < recall[0] <= 100
+
+
+def test_size_bins_over_several_runs_equal_one_range_each():
+    gt, dets = random_set(7, num_images=20)
+    coco_dt, _ = standard(gt, dets)
+    sizes = analysis.size_view(gt, coco_dt)  # more bins than one COCOeval run holds
+    filled = [i for i, n in enumerate(sizes["num_gt"]) if n]
+    assert len(filled) > analysis.BINS_PER_RUN
+    for i in filled:
+        lo, hi = sizes["edges"][i], sizes["edges"][i + 1]
+        with contextlib.redirect_stdout(io.StringIO()):
+            e = COCOeval(gt.coco, gt.coco.loadRes([dict(d) for d in dets]), iouType="bbox")
+            e.params.areaRng, e.params.areaRngLbl = [[lo**2, hi**2]], ["bin"]
+            e.evaluate()
+            e.accumulate()
+        p = e.eval["precision"][:, :, :, 0, -1]
+        assert sizes["AP"][i] == pytest.approx(100 * p[p > -1].mean()), sizes["bins"][i]

@@ -16,7 +16,7 @@ from detkit.evaluation.coco import evaluate_results
 from detkit.evaluation.provenance import write_sidecar
 from detkit.evaluation.results import save_results
 from detkit.evaluation.voc import evaluate_voc_results
-from tests.test_evaluate_tool import write_coco, write_config, write_voc
+from tests.conftest import write_coco, write_test_config, write_voc
 
 ROOT = Path(__file__).resolve().parents[1]
 TOOL = ROOT / "tools" / "analyze.py"
@@ -61,7 +61,7 @@ def check_report(report: Path, num_classes: int) -> dict:
 @pytest.fixture
 def coco_setup(tmp_path):
     images, ann, dets = write_coco(tmp_path / "coco")
-    cfg = write_config(tmp_path / "eval.yaml", [{"format": "coco", "images": str(images), "annotations": str(ann)}])
+    cfg = write_test_config(tmp_path / "eval.yaml", [{"format": "coco", "images": str(images), "annotations": str(ann)}])
     results = tmp_path / "run" / "detections.json"
     save_results(results, dets)
     return cfg, results, ann, dets
@@ -97,7 +97,7 @@ def test_coco_report(tmp_path, monkeypatch, capsys, coco_setup):
 
 def test_voc_report(tmp_path, monkeypatch, capsys):
     root, dets = write_voc(tmp_path / "VOCdevkit" / "VOC2007")
-    cfg = write_config(tmp_path / "voc.yaml", [{"format": "voc", "root": str(root), "split": "test"}])
+    cfg = write_test_config(tmp_path / "voc.yaml", [{"format": "voc", "root": str(root), "split": "test"}])
     results = tmp_path / "out" / "detections.json"
     save_results(results, dets)
     report = tmp_path / "voc_report"
@@ -127,6 +127,7 @@ def test_voc_report(tmp_path, monkeypatch, capsys):
         ("contiguous category", "detection 0 has category_id 0, not one of data.test[0]'s category ids [1, 3, 90]"),
         ("threshold", "--score-threshold 1.5 must lie in [0, 1]"),
         ("no annotations", "has no annotations"),
+        ("output is a file", "is a file; name a folder for the report"),
     ],
 )
 def test_bad_inputs_exit_2_with_one_line(tmp_path, monkeypatch, capsys, coco_setup, case, message):
@@ -142,9 +143,11 @@ def test_bad_inputs_exit_2_with_one_line(tmp_path, monkeypatch, capsys, coco_set
         save_results(results, [dict(dets[0], category_id=0)])
     elif case == "threshold":
         args += ["--score-threshold", "1.5"]
+    elif case == "output is a file":
+        args += ["--output", str(results)]
     else:
         images, info, _ = write_coco(tmp_path / "testdev", with_annotations=False)
-        args[1] = str(write_config(tmp_path / "td.yaml", [{"format": "coco", "images": str(images), "annotations": str(info)}]))
+        args[1] = str(write_test_config(tmp_path / "td.yaml", [{"format": "coco", "images": str(images), "annotations": str(info)}]))
     code, _, err = run_in_process(monkeypatch, capsys, *args)
     assert code == 2
     lines = err.strip().splitlines()

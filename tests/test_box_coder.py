@@ -57,3 +57,14 @@ def test_decode_class_specific_and_clamped():
     assert torch.allclose(out.view(7, 3, 4), ref[:, None].expand(7, 3, 4))
     huge = torch.full((1, 4), 1e4)
     assert torch.isfinite(coder.decode(huge, ref[:1])).all()
+
+
+def test_decode_converts_the_reference_to_the_deltas_dtype_first():
+    """float64 deltas on a float32 reference decode exactly as on that reference in float64 (centres and sizes
+    are not rounded to float32 on the way)."""
+    coder = BoxCoder(weights=(10.0, 10.0, 5.0, 5.0))
+    reference = torch.tensor([[0.1, 0.3, 1000.3, 700.7], [12.34, 56.78, 90.12, 345.67]])  # float32
+    deltas = torch.tensor([[0.5, -0.25, 0.1, 0.2], [0.0, 0.0, 0.0, 0.0]], dtype=torch.float64)
+    decoded = coder.decode(deltas, reference)
+    assert decoded.dtype == torch.float64
+    assert torch.equal(decoded, coder.decode(deltas, reference.double()))

@@ -10,7 +10,7 @@ from detkit.checkpoint.caffe2 import BN_EPS, caffe2_resnet_table, caffe2_to_detk
 from detkit.checkpoint.formats import read_caffe2_backbone
 from detkit.errors import UserError
 from detkit.modeling.backbone.resnet import ResNet
-from tests.test_safe_pickle import python2_pickle
+from tests.conftest import python2_pickle
 
 
 def msra_blobs(depth: int, seed: int = 0) -> dict[str, np.ndarray]:

@@ -91,6 +91,12 @@ def test_scales_need_a_test_size(tmp_path):
     assert load_config(None, ["test.flip=true", "input.min_size_test=0"]).test.flip
 
 
+def test_background_band_below_the_foreground_threshold():
+    with pytest.raises(UserError, match=r"bg_iou_thresh_low.*fg_iou_thresh.*at most"):
+        load_config(None, ["model.roi_heads.bg_iou_thresh_low=0.6", "model.roi_heads.fg_iou_thresh=0.5"])
+    assert load_config(None, ["model.roi_heads.bg_iou_thresh_low=0.5"]).model.roi_heads.bg_iou_thresh_low == 0.5
+
+
 def test_every_default_obeys_its_rule():
     for key, rule in RULES.items():
         value = PLAIN_DEFAULTS

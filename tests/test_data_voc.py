@@ -2,41 +2,13 @@
 
 import warnings
 
-import cv2
 import numpy as np
 import pytest
 import torch
 
 from detkit.data.voc import VOC_CLASSES, VOCDataset, infer_year, parse_voc_xml
 from detkit.errors import UserError
-
-
-def obj_xml(name, box, difficult=0, truncated=0):
-    xmin, ymin, xmax, ymax = box
-    return (
-        f"<object><name>{name}</name><pose>Left</pose><truncated>{truncated}</truncated>"
-        f"<difficult>{difficult}</difficult><bndbox><xmin>{xmin}</xmin><ymin>{ymin}</ymin>"
-        f"<xmax>{xmax}</xmax><ymax>{ymax}</ymax></bndbox></object>"
-    )
-
-
-def annotation_xml(stem, h, w, objects):
-    return (
-        f"<annotation><folder>VOC2007</folder><filename>{stem}.jpg</filename>"
-        f"<size><width>{w}</width><height>{h}</height><depth>3</depth></size>{''.join(objects)}</annotation>"
-    )
-
-
-def make_voc(root, images):
-    """images: {stem: (h, w, [objects xml])} -> a VOCdevkit year folder with a 'test' split."""
-    for sub in ("Annotations", "JPEGImages", "ImageSets/Main"):
-        (root / sub).mkdir(parents=True, exist_ok=True)
-    rng = np.random.default_rng(0)
-    for stem, (h, w, objects) in images.items():
-        cv2.imwrite(str(root / "JPEGImages" / f"{stem}.jpg"), rng.integers(0, 255, (h, w, 3), dtype=np.uint8))
-        (root / "Annotations" / f"{stem}.xml").write_text(annotation_xml(stem, h, w, objects))
-    (root / "ImageSets/Main/test.txt").write_text("".join(f"{s}\n" for s in images))
-    return root
+from tests.conftest import annotation_xml, make_voc, obj_xml
 
 
 @pytest.fixture
@@ -96,12 +68,12 @@ def test_tiny_voc_folder_loads(voc_root):
     # the difficult person is dropped from training targets by default
     torch.testing.assert_close(target["boxes"], torch.tensor([[0.0, 1.0, 30.0, 20.0]]))
     assert target["labels"].tolist() == [VOC_CLASSES.index("dog")] and target["labels"].dtype == torch.int64
-    assert target["difficult"].tolist() == [False] and target["truncated"].dtype == torch.bool
+    assert set(target) == {"boxes", "labels", "image_id", "orig_size", "file_name"}  # flags are the evaluator's
     assert target["image_id"] == "000001" and target["orig_size"] == (40, 60)
     assert target["file_name"].endswith("000001.jpg")
 
     _, t2 = ds[1]
-    assert t2["truncated"].tolist() == [True]
+    assert t2["labels"].tolist() == [VOC_CLASSES.index("cat")]  # truncated objects are trained on
     _, t3 = ds[2]
     assert t3["boxes"].shape == (0, 4) and t3["labels"].shape == (0,)
 
@@ -123,7 +95,7 @@ def test_keep_difficult_and_transform(voc_root):
     image, target = ds[0]
     assert image.shape == (3, 40, 60) and image.dtype == torch.uint8
     torch.testing.assert_close(target["boxes"], torch.tensor([[30.0, 1.0, 60.0, 20.0], [10.0, 4.0, 56.0, 38.0]]))
-    assert target["difficult"].tolist() == [False, True]
+    assert target["labels"].tolist() == [VOC_CLASSES.index("dog"), VOC_CLASSES.index("person")]
     plain = VOCDataset(root=str(voc_root), split="test")[0][0]
     torch.testing.assert_close(image, plain.flip(-1))
 

@@ -15,20 +15,11 @@ import torch
 import yaml
 
 from detkit import Predictor, build_model, load_config
+from tests.conftest import FPS, read_video, tiny_config_dict, write_video
 
 REPO = Path(__file__).resolve().parents[1]
 NAMES = ["circle", "square", "triangle"]
-TINY = {
-    "model": {
-        "num_classes": 3,
-        "device": "cpu",
-        "backbone": {"depth": 18, "weights": None, "norm": "bn", "freeze_at": 0, "width": 32},
-        "rpn": {"anchor_sizes": [16, 32], "pre_nms_topk_test": 100, "post_nms_topk_test": 20},
-        "roi_heads": {"head": "fc", "pooler_resolution": 4, "fc_dim": 32},
-    },
-    "input": {"min_size_test": 64, "max_size_test": 100},
-}
-FPS = 7
+TINY = tiny_config_dict(num_classes=3, device="cpu")
 
 
 @pytest.fixture(scope="module")
@@ -56,38 +47,6 @@ def check_detections(detections: list[dict], width: int, height: int) -> None:
         x0, y0, x1, y1 = d["box"]
         assert 0 <= x0 < x1 <= width and 0 <= y0 < y1 <= height, d
         assert d["score"] >= 0.3 and d["label"] == 0 and d["name"] == NAMES[0], d
-
-
-def write_video(path: Path, width: int, height: int, frames: int = 12) -> Path:
-    """Noise frames; .avi through OpenCV's own MJPEG writer (keeps odd sizes), others through FFmpeg (mp4v)."""
-    if path.suffix == ".avi":
-        writer = cv2.VideoWriter(str(path), cv2.CAP_OPENCV_MJPEG, cv2.VideoWriter_fourcc(*"MJPG"), FPS, (width, height))
-    else:
-        writer = cv2.VideoWriter(str(path), cv2.CAP_FFMPEG, cv2.VideoWriter_fourcc(*"mp4v"), FPS, (width, height))
-    assert writer.isOpened()
-    rng = np.random.default_rng(0)
-    for i in range(frames):
-        frame = rng.integers(0, 256, (height, width, 3), dtype=np.uint8)
-        cv2.rectangle(frame, (10 + i, 10), (40 + i, 40), (255, 255, 255), -1)
-        writer.write(frame)
-    writer.release()
-    return path
-
-
-def read_video(path: Path) -> tuple[int, float, tuple[int, int]]:
-    """(decoded frame count, fps, (width, height)) as a player sees them."""
-    cap = cv2.VideoCapture(str(path), cv2.CAP_FFMPEG)
-    assert cap.isOpened(), path
-    count, size = 0, None
-    while True:
-        ok, frame = cap.read()
-        if not ok:
-            break
-        count += 1
-        size = (frame.shape[1], frame.shape[0])
-    fps = cap.get(cv2.CAP_PROP_FPS)
-    cap.release()
-    return count, fps, size
 
 
 def demo(script: str, *args, cwd: Path = REPO, **kwargs) -> subprocess.CompletedProcess:
@@ -209,6 +168,7 @@ def test_image_demo_on_a_folder(tmp_path, model_files):
     assert sorted(p.name for p in out_dir.iterdir()) == ["a.png", "b.jpg"]
     assert cv2.imread(str(out_dir / "a.png")).shape == (61, 97, 3)
     assert cv2.imread(str(out_dir / "b.jpg")).shape == (80, 120, 3)
+    assert "unsupported key" not in result.stderr  # the JPEG quality flag is not given to the PNG encoder
     records = [json.loads(line) for line in (tmp_path / "out.jsonl").read_text().splitlines()]
     seen = [(Path(r["image"]).name, r["width"], r["height"]) for r in records]
     assert seen == [("a.png", 97, 61), ("b.jpg", 120, 80)]

@@ -3,29 +3,7 @@
 import torch
 import torchvision
 
-from detkit import build_model, load_config
-
-TINY = [
-    "model.num_classes=3",
-    "model.backbone.depth=18",
-    "model.backbone.weights=null",
-    "model.backbone.norm=bn",
-    "model.backbone.freeze_at=0",
-    "model.backbone.width=32",
-    "model.rpn.anchor_sizes=[16,32]",
-    "model.rpn.pre_nms_topk_train=200",
-    "model.rpn.post_nms_topk_train=50",
-    "model.rpn.pre_nms_topk_test=100",
-    "model.rpn.post_nms_topk_test=20",
-    "model.roi_heads.batch_size_per_image=32",
-    "input.min_size_test=64",
-    "input.max_size_test=100",
-]
-
-
-def tiny_model(extra=()):
-    torch.manual_seed(0)
-    return build_model(load_config(None, TINY + list(extra)))
+from tests.conftest import tiny_model
 
 
 def batch():

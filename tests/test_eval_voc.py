@@ -115,6 +115,42 @@ def test_pixel_inclusive_iou():
     np.testing.assert_allclose(voc_iou(a, b), [[0.25, 0.0]])
 
 
+def test_boxes_apart_along_either_axis_have_iou_0():
+    """VOC [1, 1, 10, 10] against boxes 10 px away along x, y and both: no intersection, whatever the other axis."""
+    a = np.array([[1.0, 1.0, 10.0, 10.0]])
+    b = np.array([[21.0, 1.0, 30.0, 10.0], [1.0, 21.0, 10.0, 30.0], [21.0, 21.0, 30.0, 30.0]])
+    np.testing.assert_array_equal(voc_iou(a, b), [[0.0, 0.0, 0.0]])
+    np.testing.assert_array_equal(voc_iou(b, a), [[0.0], [0.0], [0.0]])
+
+
+def test_objects_of_different_images_are_different_objects():
+    """Image "a" holds one cat, "b" two: detections on a's cat and on b's second cat are two true positives
+    (recall 2/3 at precision 1: area AP 66.7), not one object taken twice."""
+    anns = [ann("a", [GT1], [0]), ann("b", [GT1, GT2], [0, 0])]
+    m = run([det("a", GT1, 0.9), det("b", GT2, 0.8)], anns, False)
+    assert m["per_class"]["cat"] == pytest.approx(100 * 2 / 3)
+
+
+def test_images_without_the_class_do_not_stop_the_matching():
+    """The first image has only a dog; the cat detection on the second image is still matched (AP 100),
+    and the cat detection on the first, ranked below it, is a false positive after full recall."""
+    anns = [ann("a", [GT1], [1]), ann("b", [GT2], [0])]
+    m = run([det("a", GT1, 0.5), det("b", GT2, 0.9)], anns, False)
+    assert m["per_class"]["cat"] == pytest.approx(100.0)
+
+
+def test_year_picks_the_measure_2010_is_the_first_area_year():
+    anns = [ann("a", [GT1], [0])]
+    rule = {year: VOCEvaluator(dataset_annotations=anns, class_names=CLASSES, year=year).use_11_point
+            for year in (2007, 2009, 2010, 2012, None)}
+    assert rule == {2007: True, 2009: True, 2010: False, 2012: False, None: False}
+    # evaluate_voc_results decides by the year too: TP, FP, missed object -> 11-point 6/11, area 1/2
+    anns = [ann("a", [GT1, GT2], [0, 0])]
+    results = [det("a", GT1, 0.9), det("a", [300, 300, 310, 310], 0.8)]
+    ap = {year: evaluate_voc_results(results, anns, CLASSES, None, year=year)["AP50"] for year in (2007, 2012)}
+    assert ap == {2007: pytest.approx(100 * 6 / 11), 2012: pytest.approx(50.0)}
+
+
 def test_threshold_is_strict_and_sweep_uses_the_same_rule():
     gt = [0, 0, 10, 10]  # VOC [1, 1, 10, 10]: 100 pixels
     half = run([det("a", [0, 0, 10, 5], 0.9)], [ann("a", [gt], [0])], False)  # IoU exactly 0.5
@@ -163,6 +199,8 @@ def test_results_outside_the_set_raise_user_error():
         run([det("zzz", GT1, 0.9)], anns, True)
     with pytest.raises(UserError, match="category_id 21"):
         run([det("a", GT1, 0.9, label=20)], anns, True)
+    with pytest.raises(UserError, match="category_id 3"):  # one past the last class (2 classes: ids 1, 2)
+        run([det("a", GT1, 0.9, label=2)], anns, True)
 
 
 def test_prints_per_class_table(capsys):

@@ -8,85 +8,17 @@ import subprocess
 import sys
 from pathlib import Path
 
-import cv2
-import numpy as np
 import pytest
-import yaml
 
 from detkit.data.voc import VOCDataset
 from detkit.evaluation.coco import evaluate_results
 from detkit.evaluation.results import save_results
 from detkit.evaluation.provenance import read_sidecar, write_sidecar
 from detkit.evaluation.voc import evaluate_voc_results
+from tests.conftest import write_coco, write_test_config, write_voc
 
 ROOT = Path(__file__).resolve().parents[1]
 TOOL = ROOT / "tools" / "evaluate.py"
-CATEGORY_IDS = [1, 3, 90]
-
-
-def write_coco(root: Path, with_annotations: bool = True) -> tuple[Path, Path, list[dict]]:
-    """Four small images with three boxes each over non-contiguous category ids; returns the detections
-    a detector could have made on them (jittered boxes plus false positives)."""
-    rng = np.random.default_rng(0)
-    (root / "images").mkdir(parents=True)
-    images, anns, dets = [], [], []
-    for image_id in (10, 20, 30, 40):
-        h, w = 48, 64
-        cv2.imwrite(str(root / "images" / f"{image_id}.png"), np.zeros((h, w, 3), np.uint8))
-        images.append({"id": image_id, "file_name": f"{image_id}.png", "height": h, "width": w})
-        for _ in range(3):
-            bw, bh = rng.uniform(6, 30, 2)
-            x, y = rng.uniform(0, w - bw), rng.uniform(0, h - bh)
-            c = int(rng.choice(CATEGORY_IDS))
-            anns.append({"id": len(anns) + 1, "image_id": image_id, "category_id": c,
-                         "bbox": [x, y, bw, bh], "area": bw * bh, "iscrowd": 0})  # fmt: skip
-            box = np.round(np.array([x, y, bw, bh]) + rng.normal(0, 1.5, 4), 2)
-            score = round(float(rng.random()), 5)
-            dets.append({"image_id": image_id, "category_id": c, "bbox": box.tolist(), "score": score})
-            dets.append({"image_id": image_id, "category_id": int(rng.choice(CATEGORY_IDS)),
-                         "bbox": [1.0, 2.0, 10.0, 12.0], "score": round(float(rng.random()), 5)})  # fmt: skip
-    data = {"images": images, "categories": [{"id": c, "name": f"cat{c}"} for c in CATEGORY_IDS]}
-    if with_annotations:
-        data["annotations"] = anns
-    json_path = root / "instances.json"
-    json_path.write_text(json.dumps(data))
-    return root / "images", json_path, dets
-
-
-def write_voc(root: Path) -> tuple[Path, list[dict]]:
-    """A VOC2007 folder with three images (a difficult object, an empty image) and detections."""
-    objects = {
-        "000001": [("dog", (1, 2, 30, 20), 0), ("person", (5, 5, 50, 38), 1)],
-        "000002": [("cat", (3, 4, 20, 45), 0), ("dog", (10, 10, 25, 30), 0)],
-        "000003": [],
-    }
-    for sub in ("Annotations", "JPEGImages", "ImageSets/Main"):
-        (root / sub).mkdir(parents=True)
-    for stem, objs in objects.items():
-        cv2.imwrite(str(root / "JPEGImages" / f"{stem}.jpg"), np.zeros((50, 60, 3), np.uint8))
-        xml = "".join(
-            f"<object><name>{n}</name><difficult>{d}</difficult><bndbox><xmin>{b[0]}</xmin><ymin>{b[1]}</ymin>"
-            f"<xmax>{b[2]}</xmax><ymax>{b[3]}</ymax></bndbox></object>"
-            for n, b, d in objs
-        )
-        (root / "Annotations" / f"{stem}.xml").write_text(
-            f"<annotation><size><width>60</width><height>50</height><depth>3</depth></size>{xml}</annotation>"
-        )
-    (root / "ImageSets/Main/test.txt").write_text("000001\n000002\n000003\n")
-    dog, cat, person = 12, 8, 15  # 1 + class index
-    dets = [
-        {"image_id": "000001", "category_id": dog, "bbox": [0.5, 1.0, 29.0, 19.0], "score": 0.9},
-        {"image_id": "000001", "category_id": person, "bbox": [4.0, 4.0, 46.0, 34.0], "score": 0.8},
-        {"image_id": "000002", "category_id": cat, "bbox": [2.0, 3.0, 10.0, 20.0], "score": 0.7},
-        {"image_id": "000002", "category_id": dog, "bbox": [9.0, 9.0, 16.0, 21.0], "score": 0.4},
-        {"image_id": "000003", "category_id": dog, "bbox": [0.0, 0.0, 10.0, 10.0], "score": 0.6},
-    ]
-    return root, dets
-
-
-def write_config(path: Path, test: list[dict]) -> Path:
-    path.write_text(yaml.safe_dump({"data": {"test": test}}))
-    return path
 
 
 def run_tool(*args: str, cwd: Path) -> subprocess.CompletedProcess:
@@ -104,7 +36,7 @@ def run_in_process(monkeypatch, capsys, *args: str) -> tuple[int, str]:
 @pytest.fixture
 def coco_setup(tmp_path):
     images, ann, dets = write_coco(tmp_path / "coco")
-    cfg = write_config(tmp_path / "eval.yaml", [{"format": "coco", "images": str(images), "annotations": str(ann)}])
+    cfg = write_test_config(tmp_path / "eval.yaml", [{"format": "coco", "images": str(images), "annotations": str(ann)}])
     results = tmp_path / "run" / "detections.json"
     save_results(results, dets)
     return cfg, results, ann, dets
@@ -131,7 +63,7 @@ def test_coco_metrics_match_evaluate_results(tmp_path, coco_setup):
 
 def test_voc_metrics_match_evaluate_voc_results(tmp_path):
     root, dets = write_voc(tmp_path / "VOCdevkit" / "VOC2007")
-    cfg = write_config(tmp_path / "voc.yaml", [{"format": "voc", "root": str(root), "split": "test"}])
+    cfg = write_test_config(tmp_path / "voc.yaml", [{"format": "voc", "root": str(root), "split": "test"}])
     results = tmp_path / "out" / "detections.json"
     save_results(results, dets)
     proc = run_tool("--config", str(cfg), "--results", str(results), cwd=tmp_path)
@@ -188,7 +120,7 @@ def test_user_errors_exit_2_with_one_line(tmp_path, monkeypatch, capsys, coco_se
 
 def test_image_info_set_points_to_make_submission(tmp_path, monkeypatch, capsys):
     images, info, dets = write_coco(tmp_path / "testdev", with_annotations=False)
-    cfg = write_config(tmp_path / "testdev.yaml", [{"format": "coco", "images": str(images), "annotations": str(info)}])
+    cfg = write_test_config(tmp_path / "testdev.yaml", [{"format": "coco", "images": str(images), "annotations": str(info)}])
     results = tmp_path / "detections.json"
     save_results(results, dets)
     code, err = run_in_process(monkeypatch, capsys, "--config", str(cfg), "--results", str(results))

@@ -23,8 +23,7 @@ from detkit.errors import UserError
 from detkit.export import onnx_file
 from detkit.export.onnx_file import CHECK_BOX_TOL, export_from_config, export_model, synthetic_image
 from detkit.modeling.test_time import Augmentation
-from tests.test_demo import read_video, write_video
-from tests.test_detector import TINY
+from tests.conftest import TINY, read_video, tiny_config_dict, write_video
 
 REPO = Path(__file__).resolve().parents[1]
 NAMES = ["circle", "square", "triangle"]
@@ -64,26 +63,13 @@ def exported(tmp_path_factory):
     """(config file, checkpoint, ONNX file) of the tiny model, exported by the library function tools/export.py calls."""
     root = tmp_path_factory.mktemp("export")
     config = root / "tiny.yaml"
-    config.write_text(yaml.safe_dump(overrides_yaml()))
+    config.write_text(yaml.safe_dump(tiny_config_dict(res5=True, num_classes=3, device="cpu")))  # TINY + device
     model = spread_model(tiny_cfg())
     weights = root / "tiny.pth"
     torch.save({"model": model.state_dict(), "class_names": NAMES, "category_ids": CATEGORY_IDS}, weights)
     path = root / "tiny.onnx"
     report = export_from_config(load_config(config), weights, path)
     return config, weights, path, report
-
-
-def overrides_yaml() -> dict:
-    """TINY's KEY=VALUE overrides as a nested YAML mapping."""
-    nested: dict = {"model": {"device": "cpu"}}
-    for item in TINY:
-        key, value = item.split("=", 1)
-        *parents, leaf = key.split(".")
-        node = nested
-        for p in parents:
-            node = node.setdefault(p, {})
-        node[leaf] = yaml.safe_load(value)
-    return nested
 
 
 def test_onnx_gives_pytorchs_detections_at_every_size(exported):
@@ -263,3 +249,24 @@ def test_video_demo_with_onnx(exported, tmp_path):
     assert frames == 12 and size == (96, 64)
     lines = [json.loads(line) for line in jsonl.read_text().splitlines()]
     assert len(lines) == 12 and any(line["detections"] for line in lines)
+
+
+def test_converted_detectron2_model_exports_with_coco_ids(tmp_path):
+    """The tiny detectron2 R50-C4 model-zoo file of tests/data/detectron2 through tools/export.py's path (BGR 0-255
+    weights, frozen BN, stride in 1x1, roi_align + res5, clipped mapping): COCO's names and ids in the metadata,
+    PyTorch's detections on the three photos at their own size and two others."""
+    import cv2
+
+    data = REPO / "tests" / "data" / "detectron2"
+    cfg = load_config(REPO / "configs" / "detectron2" / "faster_rcnn_R_50_C4_1x.yaml",
+                      ["model.backbone.width=8", "input.min_size_test=224", "model.device=cpu", "input.test_resize=tensor"])
+    path = tmp_path / "d2.onnx"
+    export_from_config(cfg, data / "tiny_r50_c4.pkl", path)
+    deployed, predictor = OnnxPredictor(path), Predictor(cfg, data / "tiny_r50_c4.pkl")
+    assert deployed.class_names[:2] == ["person", "bicycle"] and deployed.category_ids[-1] == 90
+    for name in ["astronaut", "coffee", "chelsea"]:
+        photo = cv2.imread(str(data / f"{name}.png"))
+        for image in [photo, cv2.resize(photo, (300, 180)), np.ascontiguousarray(photo.transpose(1, 0, 2))]:
+            ours = deployed(image)
+            assert len(ours["boxes"]) > 0
+            assert_same(ours, predictor(image), f"{name} {image.shape}")

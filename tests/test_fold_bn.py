@@ -2,18 +2,7 @@ import torch
 from torchvision.ops import FrozenBatchNorm2d
 
 from detkit.modeling.fold_bn import fold_frozen_bn
-from tests.test_detector import tiny_model
-
-
-def randomise_frozen_bn(model, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    for m in model.modules():
-        if isinstance(m, FrozenBatchNorm2d):
-            n = m.weight.numel()
-            m.weight.copy_(torch.rand(n, generator=g) + 0.5)
-            m.bias.copy_(torch.randn(n, generator=g) * 0.1)
-            m.running_mean.copy_(torch.randn(n, generator=g) * 0.1)
-            m.running_var.copy_(torch.rand(n, generator=g) + 0.5)
+from tests.conftest import randomise_frozen_bn, tiny_model
 
 
 def test_folding_bn_keeps_outputs():

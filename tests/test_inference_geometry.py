@@ -8,7 +8,7 @@ import torch
 from detkit.config import load_config
 from detkit.modeling.roi_heads import RoIHeads
 from detkit.modeling.test_time import select_adjacent_scales
-from tests.test_detector import tiny_model
+from tests.conftest import tiny_model
 
 
 def heads_from_config(*overrides) -> RoIHeads:

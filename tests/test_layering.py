@@ -5,7 +5,8 @@
   higher one (engine, benchmark, report, the scripts' helpers, tools, demo);
 - tools/ and demo/ scripts reach detkit through the installed package, never by patching sys.path;
 - no function in detkit/ longer than 80 lines without a `# long: <reason>` comment on its def line
-  or just above it.
+  or just above it;
+- no test module imports another test module (shared helpers and fixtures live in tests/conftest.py).
 """
 
 import ast
@@ -164,11 +165,23 @@ def test_lower_layers_do_not_import_higher_ones():
     assert upward_imports(import_graph(package_modules())) == []
 
 
-@pytest.mark.xfail(strict=True, reason="demo/image.py imports demo/video.py through sys.path until its helpers move into the package")
 def test_scripts_do_not_patch_sys_path():
     scripts = sorted((ROOT / "tools").glob("*.py")) + sorted((ROOT / "demo").glob("*.py"))
     assert scripts
     assert sys_path_patches(scripts) == []
+
+
+def cross_test_imports(paths: list[Path]) -> list[str]:
+    """`path imports tests.test_x` for every test module that imports another one (shared helpers live in conftest)."""
+    found = []
+    for path in paths:
+        names = imported_names(ast.parse(path.read_text()), f"tests.{path.stem}", is_package=False)
+        found += [f"{shown(path)} imports {n}" for n in sorted(names) if n.startswith("tests.test_") and n.count(".") == 1]
+    return found
+
+
+def test_tests_share_helpers_through_conftest():
+    assert cross_test_imports(sorted((ROOT / "tests").glob("test_*.py"))) == []
 
 
 def test_no_long_function_without_a_reason():
@@ -210,3 +223,6 @@ def test_checks_find_a_cycle_an_upward_import_a_long_function_and_a_path_patch(t
     script = tmp_path / "tool.py"
     script.write_text("import sys\nsys.path.insert(0, '.')\n")
     assert len(sys_path_patches([script])) == 1
+    other_test = tmp_path / "test_y.py"
+    other_test.write_text("from tests.test_x import helper\nfrom tests.conftest import TINY\n")
+    assert cross_test_imports([other_test]) == [f"{other_test} imports tests.test_x"]

@@ -6,12 +6,12 @@ from torchvision.ops import FrozenBatchNorm2d
 
 from detkit.modeling.optimize import optimize_for_inference
 from detkit.modeling.roi_heads import RoIPooler
-from tests.test_detector import tiny_model
-from tests.test_fold_bn import randomise_frozen_bn
+from tests.conftest import randomise_frozen_bn, tiny_model
 
 
-def frozen_model():
-    model = tiny_model(["model.backbone.norm=frozen_bn", "model.roi_heads.head=res5", "model.roi_heads.pooler_resolution=8"])
+def frozen_model(*extra):
+    model = tiny_model(["model.backbone.norm=frozen_bn", "model.roi_heads.head=res5", "model.roi_heads.pooler_resolution=8",
+                        *extra])
     randomise_frozen_bn(model)
     return model.eval()
 
@@ -21,8 +21,10 @@ def test_each_switch_keeps_the_detections():
     with torch.inference_mode():
         expected = frozen_model()([image])[0]
     assert len(expected["boxes"]) > 0
-    for switches in [{"fold_bn": True}, {"channels_last": True}, {"fold_bn": True, "channels_last": True}]:
-        model = optimize_for_inference(frozen_model(), **switches)
+    for fold_bn, channels_last in [(True, False), (False, True), (True, True)]:
+        switches = {"fold_bn": fold_bn, "channels_last": channels_last}
+        extra = ["model.channels_last=true"] if channels_last else []  # a layout build_model applies; folding keeps it
+        model = optimize_for_inference(frozen_model(*extra), fold_bn=fold_bn)
         with torch.inference_mode():
             got = model([image])[0]
         assert torch.equal(got["labels"], expected["labels"]), switches
@@ -31,7 +33,7 @@ def test_each_switch_keeps_the_detections():
 
 
 def test_fold_and_channels_last_change_the_modules():
-    model = optimize_for_inference(frozen_model(), fold_bn=True, channels_last=True)
+    model = optimize_for_inference(frozen_model("model.channels_last=true"), fold_bn=True)
     assert not any(isinstance(m, FrozenBatchNorm2d) for m in model.modules())
     assert model.backbone.conv1.weight.is_contiguous(memory_format=torch.channels_last)
     assert model.roi_heads.pooler.channels_last and not model.training

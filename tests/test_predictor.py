@@ -11,7 +11,7 @@ import torch
 from detkit import Predictor, build_model, load_config
 from detkit.engine import inference
 from detkit.errors import UserError
-from tests.test_detector import TINY
+from tests.conftest import TINY
 
 
 def test_predictor_bgr_in_numpy_out(tmp_path):

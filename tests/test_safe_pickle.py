@@ -3,13 +3,13 @@
 import collections
 import pickle
 import re
-import struct
 
 import numpy as np
 import pytest
 
 from detkit.checkpoint.safe_pickle import load_pickle
 from detkit.errors import UserError
+from tests.conftest import python2_pickle
 
 
 def sample():
@@ -69,27 +69,6 @@ def test_numpy_1x_module_names_resolve(tmp_path):
     path.write_bytes(raw)
     got = load_pickle(path)
     assert np.array_equal(got["w"], np.arange(6, dtype=np.float32).reshape(2, 3)) and got["s"] == np.float32(1.5)
-
-
-def python2_pickle(blobs: dict[str, np.ndarray]) -> bytes:
-    """A protocol-2 pickle as Python 2 + numpy 1.x wrote MSRA's R-50.pkl: names and array bytes as Python 2
-    `str` (SHORT_BINSTRING / BINSTRING), `numpy.core.multiarray._reconstruct`, a dict built with SETITEMS."""
-
-    def py2_str(b: bytes) -> bytes:
-        return b"U" + bytes([len(b)]) + b if len(b) < 256 else b"T" + struct.pack("<I", len(b)) + b
-
-    out = [b"\x80\x02}(" ]
-    for name, a in blobs.items():
-        a = np.ascontiguousarray(a)
-        dtype = a.dtype.str[1:].encode()  # "f4"
-        out.append(py2_str(name.encode()))
-        out.append(b"cnumpy.core.multiarray\n_reconstruct\ncnumpy\nndarray\nK\x00\x85" + py2_str(b"b") + b"\x87R")
-        out.append(b"(K\x01" + b"(" + b"".join(b"J" + struct.pack("<i", d) for d in a.shape) + b"t")
-        out.append(b"cnumpy\ndtype\n" + py2_str(dtype) + b"K\x00K\x01\x87R")
-        out.append(b"(K\x03" + py2_str(b"<") + b"NNNJ\xff\xff\xff\xffJ\xff\xff\xff\xffK\x00tb")
-        out.append(b"\x89" + py2_str(a.tobytes()) + b"tb")
-    out.append(b"u.")
-    return b"".join(out)
 
 
 def test_python2_pickle_with_str_bytes_loads_as_latin1(tmp_path):

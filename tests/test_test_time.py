@@ -3,7 +3,7 @@
 import torch
 
 from detkit.modeling.test_time import detect, flipped, merge_detections, select_adjacent_scales, unflip
-from tests.test_detector import tiny_model
+from tests.conftest import tiny_model
 
 
 def test_flip_maps_boxes_back_exactly():

@@ -72,8 +72,8 @@ def test_same_detections_as_torchvision_after_the_test_resize(r18_weights, shape
 
 
 def test_speedups_keep_torchvision_detections(r18_weights):
-    cfg, model, reference, image = detector_and_reference(r18_weights)
-    optimize_for_inference(model, fold_bn=True, channels_last=True)
+    cfg, model, reference, image = detector_and_reference(r18_weights, ["model.channels_last=true"])
+    optimize_for_inference(model, fold_bn=True)
     assert model.roi_heads.pooler.channels_last and model.preprocessor.channels_last
     with torch.inference_mode():
         check = compare_detections(model([image])[0], torchvision_detections(reference, image))

@@ -10,8 +10,7 @@ from detkit.data.voc import VOC_CLASSES
 from detkit.engine.inference import test as run_test
 from detkit.engine.train import train
 from detkit.modeling.build import build_model
-from tests.conftest import TINY_MODEL
-from tests.test_data_voc import make_voc, obj_xml
+from tests.conftest import make_voc, obj_xml, tiny_config_dict
 
 
 def voc_config(tmp_path):
@@ -24,8 +23,7 @@ def voc_config(tmp_path):
     )
     spec = {"format": "voc", "root": str(root), "split": "test"}
     cfg = {
-        "model": TINY_MODEL,
-        "input": {"min_size_train": [64], "max_size_train": 100, "min_size_test": 64, "max_size_test": 100},
+        **tiny_config_dict(),
         "data": {"train": [spec], "test": [spec]},
         "dataloader": {"num_workers": 0},
         "solver": {"ims_per_batch": 2, "max_iter": 2, "warmup_iters": 1, "checkpoint_period": 0, "base_lr": 0.01},

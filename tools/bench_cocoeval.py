@@ -1,19 +1,26 @@
 """Time COCO box evaluation on a synthetic set the size of COCO val2017:
 
     python tools/bench_cocoeval.py [--images 5000] [--gt-per-image 7] [--dets-per-image 100] [--backends ...]
+    python tools/bench_cocoeval.py --write DIR    # the same set as files, for tools/evaluate.py and tools/analyze.py
 
 5000 images (640x480), a Poisson(7) number of ground-truth boxes each over 80 categories with
 COCO's ids (1..90 with gaps), and 100 detections per image: a jittered copy of every ground-truth
 box plus random boxes. Reports seconds for loadRes, evaluate, accumulate and summarize per backend
 (pycocotools, faster_coco_eval when installed) and checks that both give the same 12 numbers.
+`--write DIR` writes the set instead: DIR/instances.json, DIR/detections.json, DIR/images/ (blank JPEGs
+of the images' size) and DIR/config.yaml (data.test pointing at them).
 """
 
 import argparse
 import contextlib
 import io
+import json
 import time
+from pathlib import Path
 
+import cv2
 import numpy as np
+import yaml
 from pycocotools.coco import COCO
 
 from detkit.evaluation.coco import COCO_BACKENDS, make_cocoeval
@@ -76,12 +83,28 @@ def time_backend(coco_gt: COCO, detections: list[dict], backend: str) -> tuple[d
     return times, np.asarray(evaluator.stats[:12])
 
 
+def write_set(folder: Path, coco_gt: COCO, detections: list[dict]) -> None:
+    """The synthetic set as a COCO-format test set with a config, and its detections file."""
+    images = folder / "images"
+    images.mkdir(parents=True, exist_ok=True)
+    sizes = {(im["height"], im["width"]) for im in coco_gt.dataset["images"]}
+    blank = {size: cv2.imencode(".jpg", np.zeros((*size, 3), np.uint8))[1].tobytes() for size in sizes}
+    for im in coco_gt.dataset["images"]:
+        (images / im["file_name"]).write_bytes(blank[im["height"], im["width"]])
+    (folder / "instances.json").write_text(json.dumps(coco_gt.dataset))
+    (folder / "detections.json").write_text(json.dumps(detections))
+    test = [{"format": "coco", "images": str(images.resolve()), "annotations": str((folder / "instances.json").resolve())}]
+    (folder / "config.yaml").write_text(yaml.safe_dump({"data": {"test": test}}))
+    print(f"wrote {folder}/config.yaml, instances.json, detections.json and {len(coco_gt.dataset['images'])} images")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--images", type=int, default=5000)
     parser.add_argument("--gt-per-image", type=float, default=7.0)
     parser.add_argument("--dets-per-image", type=int, default=100)
     parser.add_argument("--backends", nargs="+", choices=COCO_BACKENDS, default=list(COCO_BACKENDS))
+    parser.add_argument("--write", type=Path, help="write the set to this folder instead of timing it")
     args = parser.parse_args()
 
     start = time.perf_counter()
@@ -90,6 +113,9 @@ def main() -> None:
         f"synthetic set: {args.images} images, {len(coco_gt.anns)} ground-truth boxes, {len(detections)} detections, "
         f"80 categories (built in {time.perf_counter() - start:.1f}s)"
     )
+    if args.write is not None:
+        write_set(args.write, coco_gt, detections)
+        return
     stats = {}
     for backend in args.backends:
         try:

@@ -22,7 +22,7 @@ from detkit.data.build import build_datasets
 from detkit.data.loader import build_train_loader
 from detkit.benchmark.compare import compare_detections
 from detkit.benchmark.onnx_timing import time_onnx
-from detkit.benchmark.random_weights import calibrated_resnet_weights, spread_class_scores
+from detkit.benchmark.random_weights import calibrated_resnet_weights, normalised_input_std, spread_class_scores
 from detkit.benchmark.timing import (
     count_flops,
     matmul_gflops,
@@ -73,7 +73,7 @@ def main() -> None:
         # the time depends on the number of proposals, which needs features of a sane scale, not on
         # the values of the weights: use random weights with calibrated BN statistics (no download)
         weights_file = Path(tempfile.mkdtemp()) / f"resnet{b.depth}_calibrated.pth"
-        calibrated_resnet_weights(b.depth, weights_file)
+        calibrated_resnet_weights(b.depth, weights_file, normalised_input_std(cfg.model.pixel_range, cfg.model.pixel_std))
         weights_override = [f"model.backbone.weights={weights_file}"]
     elif b.weights == "imagenet":
         weights_override = ["model.backbone.weights=null"]
@@ -91,9 +91,7 @@ def main() -> None:
     reference = build_torchvision_equivalent(plain, cfg) if args.compare else None
     model = build_model(cfg, num_classes=num_classes)
     model.load_state_dict(plain.state_dict())
-    optimize_for_inference(
-        model, fold_bn=cfg.test.fold_bn, channels_last=cfg.model.channels_last, torch_compile=cfg.test.compile, amp=cfg.test.amp
-    )
+    optimize_for_inference(model, fold_bn=cfg.test.fold_bn, torch_compile=cfg.test.compile, amp=cfg.test.amp)
     with torch.inference_mode():
         num_proposals = len(model.rpn(model.backbone(model.preprocessor([image])[0]), [tuple(image.shape[-2:])])[0][0])
     speedups = [k for k, on in [("fold_bn", cfg.test.fold_bn), ("channels_last", cfg.model.channels_last),

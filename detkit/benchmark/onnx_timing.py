@@ -8,7 +8,7 @@ import torch
 
 from detkit.benchmark.compare import compare_detections
 from detkit.benchmark.timing import time_interleaved
-from detkit.export.onnx_file import export_model
+from detkit.export.onnx_file import CHECK_BOX_TOL, export_model
 from detkit.modeling.detector import FasterRCNN
 
 
@@ -32,7 +32,8 @@ def time_onnx(model: FasterRCNN, plain: FasterRCNN, image: torch.Tensor, *, warm
         ours = model([image])[0]
     boxes, scores, labels = session.run(["boxes", "scores", "labels"], {"image": bgr})
     theirs = {"boxes": torch.from_numpy(boxes), "scores": torch.from_numpy(scores), "labels": torch.from_numpy(labels)}
-    check = compare_detections({k: v.float().cpu() if k != "labels" else v.cpu() for k, v in ours.items()}, theirs)
+    ours = {k: v.float().cpu() if k != "labels" else v.cpu() for k, v in ours.items()}
+    check = compare_detections(ours, theirs, box_tol=CHECK_BOX_TOL)
     times = time_interleaved(
         {"pytorch": lambda: model([image]), "onnxruntime": lambda: session.run(None, {"image": bgr})},
         device=model.device, warmup=warmup, runs=runs,

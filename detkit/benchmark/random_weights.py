@@ -8,10 +8,13 @@ import torchvision
 
 
 @torch.no_grad()
-def calibrated_resnet_weights(depth: int, path) -> None:
+def calibrated_resnet_weights(depth: int, path, input_std: float = 1.0) -> None:
     """Save a torchvision-format ResNet state_dict with random weights whose BN statistics are measured
     on random images, so a benchmark without downloaded weights sees activations of a realistic scale
-    (uncalibrated deep random ResNets produce huge features, and then an RPN keeps no proposal)."""
+    (uncalibrated deep random ResNets produce huge features, and then an RPN keeps no proposal).
+
+    `input_std`: the spread of the normalised images the detector will feed it (about 1.3 for torchvision's
+    0-1 normalisation, about 74 for detectron2's 0-255 input with std 1; see `normalised_input_std`)."""
     torch.manual_seed(0)
     net = getattr(torchvision.models, f"resnet{depth}")()
     for module in net.modules():
@@ -19,8 +22,15 @@ def calibrated_resnet_weights(depth: int, path) -> None:
             module.momentum = None  # cumulative average over the calibration batches
     net.train()
     for _ in range(2):
-        net(torch.randn(4, 3, 224, 224))
+        net(torch.randn(4, 3, 224, 224) * input_std)
     torch.save(net.state_dict(), path)
+
+
+def normalised_input_std(pixel_range: float, pixel_std: list[float]) -> float:
+    """Standard deviation of uniformly random 0-255 pixels after the detector's normalisation (pixels scaled to
+    0..`pixel_range`, the mean subtracted, divided by `pixel_std`)."""
+    uniform_std = 255.0 / math.sqrt(12.0)  # 73.6
+    return uniform_std * (pixel_range / 255.0) / (sum(pixel_std) / len(pixel_std))
 
 
 @torch.inference_mode()

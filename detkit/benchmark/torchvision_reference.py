@@ -26,6 +26,7 @@ from torchvision.models.detection.rpn import AnchorGenerator, RPNHead
 from torchvision.ops import FrozenBatchNorm2d, MultiScaleRoIAlign, RoIAlign, RoIPool
 
 from detkit.errors import UserError
+from detkit.modeling.backbone.resnet import C4_STRIDE
 from detkit.modeling.detector import FasterRCNN
 
 
@@ -51,10 +52,21 @@ def _check_supported(cfg) -> None:
         unsupported.append("model.roi_heads.box_refinement=true")
     if b.norm != "frozen_bn" or b.preact or b.width != 64:
         unsupported.append("a backbone other than a standard ResNet with frozen BN")
+    if b.stride_in_1x1:
+        unsupported.append("model.backbone.stride_in_1x1=true")
+    m = cfg.model
+    if m.input_format != "RGB" or m.pixel_range != 1.0:
+        unsupported.append(f"model.input_format={m.input_format} with model.pixel_range={m.pixel_range}")
+    if not m.rpn.anchor_round or m.rpn.anchor_offset != 0.0:
+        unsupported.append("anchors that are not rounded to pixels and centred at x*16 (model.rpn.anchor_round/anchor_offset)")
+    if m.size_divisibility != C4_STRIDE or cfg.input.test_resize != "tensor" or m.clip_mapped_boxes:
+        unsupported.append("model.size_divisibility, input.test_resize or model.clip_mapped_boxes other than 16, tensor, false")
     if unsupported:
         raise UserError(
             f"--compare torchvision: torchvision's FasterRCNN has no counterpart for {', '.join(unsupported)}; "
-            "compare the plain C4 detector (e.g. configs/coco_r101.yaml)"
+            "compare the plain C4 detector (e.g. configs/coco_r101.yaml; for detectron2's R101-C4 test workload add "
+            "model.roi_heads.pooler=roi_align model.roi_heads.sampling_ratio=0 model.rpn.post_nms_topk_test=1000 "
+            "model.rpn.anchor_sizes=[32,64,128,256,512] input.min_size_test=800 input.max_size_test=1333)"
         )
 
 
@@ -96,7 +108,7 @@ def build_torchvision_equivalent(model: FasterRCNN, cfg) -> TorchvisionFasterRCN
     rpn_head.bbox_pred.load_state_dict(ours_rpn.deltas.state_dict())
 
     size = (roi_cfg.pooler_resolution, roi_cfg.pooler_resolution)
-    scale = 1.0 / 16
+    scale = 1.0 / C4_STRIDE
     if roi_cfg.pooler == "roi_pool":
         pool_op = RoIPool(size, scale)
     else:
@@ -133,7 +145,7 @@ def build_torchvision_equivalent(model: FasterRCNN, cfg) -> TorchvisionFasterRCN
         box_nms_thresh=roi_cfg.nms_thresh,
         box_detections_per_img=roi_cfg.detections_per_image,
         bbox_reg_weights=tuple(roi_cfg.bbox_reg_weights),
-        size_divisible=16,
+        size_divisible=C4_STRIDE,
     )
     # MultiScaleRoIAlign is FPN's pooler (unaligned RoIAlign, scale inferred per level); C4 pools one map
     reference.roi_heads.box_roi_pool = _SingleMapPooler(pool_op)

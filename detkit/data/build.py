@@ -23,7 +23,7 @@ from detkit.errors import UserError
 
 def cache_dir(cfg: Any) -> Path:
     """Where generated data lives: data.cache_dir, else $DETKIT_CACHE, else ~/.cache/detkit."""
-    configured = cfg["data"]["cache_dir"]
+    configured = cfg.data.cache_dir
     if configured:
         return Path(configured).expanduser()
     return Path(os.environ.get("DETKIT_CACHE") or "~/.cache/detkit").expanduser()
@@ -42,14 +42,14 @@ def build_dataset(spec: dict, *, cfg: Any, is_train: bool, name: str = "dataset"
     fmt = _check_spec(spec, name)
     transform = None
     if is_train:
-        inp = cfg["input"]
+        inp = cfg.input
         transform = TrainTransform(
-            min_sizes=list(inp["min_size_train"]),
-            max_size=inp["max_size_train"],
-            hflip_prob=inp["hflip_prob"],
-            color_jitter=inp["color_jitter"],
-            crop_size=inp["crop_size"],
-            crop_min_visible=inp["crop_min_visible"],
+            min_sizes=list(inp.min_size_train),
+            max_size=inp.max_size_train,
+            hflip_prob=inp.hflip_prob,
+            color_jitter=inp.color_jitter,
+            crop_size=inp.crop_size,
+            crop_min_visible=inp.crop_min_visible,
         )
     try:
         if fmt == "coco":
@@ -63,7 +63,7 @@ def build_dataset(spec: dict, *, cfg: Any, is_train: bool, name: str = "dataset"
             from detkit.data.voc import VOCDataset  # imported here: VOC support is its own module
 
             # Test sets keep difficult objects: the VOC evaluator needs them to ignore their matches.
-            keep_difficult = spec.get("keep_difficult", cfg["data"]["keep_difficult"] if is_train else True)
+            keep_difficult = spec.get("keep_difficult", cfg.data.keep_difficult if is_train else True)
             return VOCDataset(
                 root=spec["root"], split=spec["split"], keep_difficult=keep_difficult, transform=transform
             )

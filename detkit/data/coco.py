@@ -16,11 +16,11 @@ import warnings
 from collections.abc import Callable
 from pathlib import Path
 
-import cv2
 import numpy as np
 import torch
 from pycocotools.coco import COCO
 
+from detkit.data.image_io import image_to_tensor, read_image_rgb
 from detkit.errors import UserError
 from detkit.json_file import read_json
 
@@ -44,20 +44,6 @@ def _load_json(path: Path) -> dict:
                 raise UserError(f"COCO annotation file {path}: '{key}' repeats id {entry_id!r}; ids must be unique")
             seen.add(entry_id)
     return data
-
-
-def image_to_tensor(image: np.ndarray) -> torch.Tensor:
-    """(H, W, 3) uint8 RGB numpy -> (3, H, W) uint8 tensor."""
-    return torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1)))
-
-
-def read_image_rgb(path: str) -> np.ndarray | None:
-    """(H, W, 3) uint8 RGB, or None (with a warning) when OpenCV cannot decode the file."""
-    image = cv2.imread(path, cv2.IMREAD_COLOR)
-    if image is None:
-        warnings.warn(f"cannot read image {path} (missing or corrupt); skipping it", stacklevel=2)
-        return None
-    return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
 
 
 class COCODataset(torch.utils.data.Dataset):

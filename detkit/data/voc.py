@@ -18,7 +18,7 @@ import cv2
 import numpy as np
 import torch
 
-from detkit.data.coco import image_to_tensor, read_image_rgb
+from detkit.data.image_io import image_to_tensor, read_image_rgb
 from detkit.errors import UserError
 
 VOC_CLASSES = (
@@ -116,10 +116,10 @@ class VOCDataset(torch.utils.data.Dataset):
         keep_difficult: keep `difficult` objects in the training targets (default: drop them).
             `annotations()` always returns every object, for the evaluator.
         transform: `(image_rgb_hwc_uint8, boxes_np (N, 4) xyxy, labels_np (N,)) -> (image, boxes, labels)`;
-            the image may come back as a numpy HWC array or a (3, H, W) tensor. `difficult` and
-            `truncated` follow the boxes when the transform keeps their number; when it drops some,
-            the remaining ones are marked False (which were dropped is unknown; the evaluator reads
-            the flags from `annotations()`, never from targets).
+            the image may come back as a numpy HWC array or a (3, H, W) tensor.
+
+    Targets carry what training reads (boxes, labels) and the item's identity (image_id, orig_size,
+    file_name); the `difficult` flags are the evaluator's and come from `annotations()`.
 
     Attributes:
         class_names, category_ids ([1..20], the ids of results files), image_ids (file stems),
@@ -201,22 +201,14 @@ class VOCDataset(torch.utils.data.Dataset):
         ann = self._annotations[index]
         keep = np.ones(len(ann["labels"]), dtype=bool) if self.keep_difficult else ~ann["difficult"]
         boxes, labels = ann["boxes"][keep], ann["labels"][keep]
-        difficult, truncated = ann["difficult"][keep], ann["truncated"][keep]
         if self.transform is not None:
             image, boxes, labels = self.transform(image, boxes.copy(), labels.copy())
-            if len(labels) != len(difficult):
-                # The transform dropped boxes, and which ones is unknown: flags cannot follow them.
-                # Training never reads them; the evaluator reads flags from `annotations()`.
-                difficult = np.zeros(len(labels), dtype=bool)
-                truncated = np.zeros(len(labels), dtype=bool)
 
         if isinstance(image, np.ndarray):
             image = image_to_tensor(image)  # (H, W, 3) -> (3, H, W)
         target = {
             "boxes": torch.as_tensor(np.asarray(boxes), dtype=torch.float32).reshape(-1, 4),
             "labels": torch.as_tensor(np.asarray(labels), dtype=torch.int64).reshape(-1),
-            "difficult": torch.as_tensor(difficult, dtype=torch.bool),
-            "truncated": torch.as_tensor(truncated, dtype=torch.bool),
             "image_id": self.image_ids[index],
             "orig_size": (int(orig_size[0]), int(orig_size[1])),
             "file_name": str(path),

@@ -79,6 +79,7 @@ def compute_analysis(
         "confusion": {
             "classes": [*gt.class_names, "background"],
             "matrix": matrix.tolist(),
+            "duplicates": confusion.duplicate_counts(outcomes, len(gt.class_names)),
             "iou": 0.5,
             "score_threshold": score_threshold,
         },
@@ -136,9 +137,11 @@ def analyze_saved_results(
     if build_evaluator(dataset) is None:
         raise UserError(f"{where} has no annotations (an image-info file such as test-dev): there is nothing to analyse")
     output = Path(output_dir) if output_dir is not None else report_dir_for(results_path)
+    if output.exists() and not output.is_dir():
+        raise UserError(f"--output {output} is a file; name a folder for the report")
     output.mkdir(parents=True, exist_ok=True)
     gt = analysis.ground_truth_of(dataset)
-    total = 3 + len(gt.class_names) + min(gallery_size, len(gt.image_ids)) + len(FIGURES)
+    total = 4 + len(gt.class_names) + min(gallery_size, len(gt.image_ids)) + len(FIGURES)  # see compute_analysis
     with tqdm(total=total, desc="analyze", dynamic_ncols=True, disable=None) as bar:
         numbers, standard, outcomes = compute_analysis(
             gt, results, score_threshold=score_threshold, backend=backend, step=bar.update

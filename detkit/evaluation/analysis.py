@@ -30,6 +30,7 @@ from detkit.evaluation.coco import make_cocoeval
 # of 16 px as a single cell.
 SIZE_EDGES = (0, 12, 16, 24, 32, 48, 64, 96, 128, 256, 1e5)
 PR_IOUS = (0.5, 0.75)
+BINS_PER_RUN = 4  # area ranges per COCOeval run: pycocotools keeps a record per image, class and range
 
 
 @dataclass
@@ -143,6 +144,10 @@ def run_cocoeval(
             p.maxDets = list(max_dets)
         evaluator.evaluate()
         evaluator.accumulate()
+    if backend == "pycocotools":
+        # Only `eval` (precision, recall, scores) and `stats` are read afterwards; the per-image records
+        # take gigabytes on a val2017-sized file.
+        evaluator.evalImgs, evaluator.ious, evaluator._gts, evaluator._dts = [], {}, {}, {}
     return evaluator
 
 
@@ -266,17 +271,17 @@ def size_view(gt: GroundTruth, coco_dt: COCO, *, backend: str = "pycocotools", e
     out = {"bins": list(ranges), "edges": [float(e) for e in edges], "num_gt": num_gt}
     out.update({key: [None] * len(ranges) for key in ("AP", "AP50", "recall50")})
     filled = [label for label, n in zip(ranges, num_gt) if n]  # an empty bin has nothing to measure
-    if not filled:
-        return out
-    evaluator = run_cocoeval(
-        gt.coco, coco_dt, image_ids=gt.coco_image_ids, category_ids=gt.category_ids, backend=backend,
-        area_ranges={label: ranges[label] for label in filled}, max_dets=[100],
-    )  # fmt: skip
-    precision, recall = evaluator.eval["precision"], evaluator.eval["recall"]  # (T,R,K,A,M), (T,K,A,M)
-    t50 = iou_index(evaluator, 0.5)
-    for a, label in enumerate(filled):
-        i = list(ranges).index(label)
-        out["AP"][i] = _mean_percent(precision[:, :, :, a, -1])  # as pycocotools' APs: over T, R, K
-        out["AP50"][i] = _mean_percent(precision[t50, :, :, a, -1])
-        out["recall50"][i] = _mean_percent(recall[t50, :, a, -1])
+    for start in range(0, len(filled), BINS_PER_RUN):
+        labels = filled[start : start + BINS_PER_RUN]
+        evaluator = run_cocoeval(
+            gt.coco, coco_dt, image_ids=gt.coco_image_ids, category_ids=gt.category_ids, backend=backend,
+            area_ranges={label: ranges[label] for label in labels}, max_dets=[100],
+        )  # fmt: skip
+        precision, recall = evaluator.eval["precision"], evaluator.eval["recall"]  # (T,R,K,A,M), (T,K,A,M)
+        t50 = iou_index(evaluator, 0.5)
+        for a, label in enumerate(labels):
+            i = list(ranges).index(label)
+            out["AP"][i] = _mean_percent(precision[:, :, :, a, -1])  # as pycocotools' APs: over T, R, K
+            out["AP50"][i] = _mean_percent(precision[t50, :, :, a, -1])
+            out["recall50"][i] = _mean_percent(recall[t50, :, a, -1])
     return out

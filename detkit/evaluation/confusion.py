@@ -138,6 +138,16 @@ def confusion_matrix(outcomes: list[ImageOutcome], num_classes: int) -> np.ndarr
     return matrix
 
 
+def duplicate_counts(outcomes: list[ImageOutcome], num_classes: int) -> list[int]:
+    """Per predicted class, how many of its background-row false positives are duplicates."""
+    counts = np.zeros(num_classes, dtype=np.int64)
+    for o in outcomes:
+        for d, status in enumerate(o.det_status):
+            if status == DUPLICATE:
+                counts[o.det_labels[d]] += 1
+    return counts.tolist()
+
+
 def recall_by_size(outcomes: list[ImageOutcome], edges) -> list[float | None]:
     """Per sqrt(area) bin [edges[i], edges[i+1]] (inclusive, as COCOeval's area ranges), the percent of
     non-crowd boxes found with their class; None for a bin without boxes."""

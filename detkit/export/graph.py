@@ -164,8 +164,8 @@ class DeployGraph(nn.Module):
             best = probs[:, : heads.num_classes].argmax(dim=1)
             refined = boxes[torch.arange(boxes.shape[0]), best]  # (R, 4): each region's box for its best class
             probs2, boxes2 = self.classify(feature, refined, size)
-            boxes, scores, labels = self.postprocess(
-                torch.cat([probs, probs2]), torch.cat([boxes, boxes2]), heads.refine_nms_thresh, vote=True
+            boxes, scores, labels = self.postprocess_with_voting(
+                torch.cat([probs, probs2]), torch.cat([boxes, boxes2]), heads.refine_nms_thresh
             )
         else:
             boxes, scores, labels = self.postprocess(probs, boxes, heads.nms_thresh)
@@ -205,13 +205,38 @@ class DeployGraph(nn.Module):
         # (R, 4K) -> (R, K, 4)
         return probs, clip_to(decoded.reshape(-1, heads.num_classes, 4), size)
 
-    def postprocess(self, probs: Tensor, boxes: Tensor, nms_thresh: float, vote: bool = False):
+    def postprocess(self, probs: Tensor, boxes: Tensor, nms_thresh: float) -> tuple[Tensor, Tensor, Tensor]:
         """RoIHeads.postprocess: probs (R, K+1), boxes (R, K, 4) -> boxes (D, 4), scores (D,), labels (D,)."""
+        return self.select_detections(probs, boxes, self.candidates(probs, boxes), nms_thresh)
+
+    def postprocess_with_voting(self, probs: Tensor, boxes: Tensor, nms_thresh: float) -> tuple[Tensor, Tensor, Tensor]:
+        """RoIHeads.postprocess_with_voting: `postprocess`, then each kept box voted by the candidates around it."""
         heads = self.model.roi_heads
+        candidate = self.candidates(probs, boxes)
+        kept_boxes, kept_scores, labels = self.select_detections(probs, boxes, candidate, nms_thresh)
         scores = probs[:, : heads.num_classes]  # (R, K)
-        candidate = scores > heads.score_threshold  # strictly above, as RoIHeads.postprocess
+        pool = torch.nonzero(candidate)  # (M, 2) [region, class]: the voters
+        kept_boxes = box_voting(
+            kept_boxes, labels, boxes[pool[:, 0], pool[:, 1]], scores[pool[:, 0], pool[:, 1]], pool[:, 1],
+            heads.vote_iou_thresh,
+        )
+        return kept_boxes, kept_scores, labels
+
+    def candidates(self, probs: Tensor, boxes: Tensor) -> Tensor:
+        """RoIHeads.candidates as a mask: probs (R, K+1), boxes (R, K, 4) -> (R, K) bool."""
+        heads = self.model.roi_heads
+        candidate = probs[:, : heads.num_classes] > heads.score_threshold  # strictly above, as RoIHeads
         if heads.drop_empty_before_nms:
             candidate = candidate & larger_than(boxes, 1e-2)
+        return candidate
+
+    def select_detections(
+        self, probs: Tensor, boxes: Tensor, candidate: Tensor, nms_thresh: float
+    ) -> tuple[Tensor, Tensor, Tensor]:
+        """RoIHeads.select_detections: per-class NMS over the (R, K) candidates, best `detections_per_image` kept:
+        boxes (D, 4), scores (D,), labels (D,)."""
+        heads = self.model.roi_heads
+        scores = probs[:, : heads.num_classes]  # (R, K)
         # (R, K, 4) -> (K, R, 4): one NMS batch entry per class
         picked = per_class_nms(
             boxes.transpose(0, 1), scores.t(), candidate.t(), nms_thresh, heads.detections_per_image
@@ -220,14 +245,7 @@ class DeployGraph(nn.Module):
         kept_scores = scores[regions, labels]
         top = kept_scores.topk(count_at_most(heads.detections_per_image, kept_scores)).indices
         labels, regions, kept_scores = labels[top], regions[top], kept_scores[top]
-        kept_boxes = boxes[regions, labels]
-        if vote:
-            pool = torch.nonzero(candidate)  # (M, 2) [region, class]: the voters
-            kept_boxes = box_voting(
-                kept_boxes, labels, boxes[pool[:, 0], pool[:, 1]], scores[pool[:, 0], pool[:, 1]], pool[:, 1],
-                heads.vote_iou_thresh,
-            )
-        return kept_boxes, kept_scores, labels
+        return boxes[regions, labels], kept_scores, labels
 
     def map_back(self, boxes: Tensor, scores: Tensor, labels: Tensor, image: Tensor, size: Tensor):
         """ImagePreprocessor.postprocess: boxes from the resized image to the input image's pixels."""

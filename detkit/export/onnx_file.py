@@ -158,6 +158,8 @@ def export_model(
     self-check; returns timings and the check results."""
     if augmentation.mode != "union" and (augmentation.scales or augmentation.flip):
         raise UserError(UNSUPPORTED["maxout"])
+    if model.preprocessor.resize == "pil":
+        raise UserError(UNSUPPORTED["pil"])
     pre = model.preprocessor
     traced_size, sizes = check_sizes(pre.min_size_test)
     graph = DeployGraph(model, scales=list(augmentation.scales), flip=augmentation.flip)

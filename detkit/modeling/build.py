@@ -9,13 +9,11 @@ import torch
 from detkit.checkpoint.formats import read_detector_weights
 from detkit.checkpoint.io import load_model_weights
 from detkit.errors import UserError
-from detkit.modeling.backbone.resnet import build_resnet_c4
+from detkit.modeling.backbone.resnet import C4_STRIDE, build_resnet_c4
 from detkit.modeling.detector import FasterRCNN, ImagePreprocessor
 from detkit.modeling.optimize import optimize_for_inference, use_channels_last
 from detkit.modeling.roi_heads import RoIHeads
 from detkit.modeling.rpn import RPN
-
-C4_STRIDE = 16
 
 logger = logging.getLogger("detkit")
 
@@ -62,7 +60,6 @@ def build_model(cfg, *, num_classes: int | None = None, device: str | None = Non
         min_size_test=cfg.input.min_size_test,
         max_size_test=cfg.input.max_size_test,
         size_divisibility=cfg.model.size_divisibility,
-        channels_last=cfg.model.channels_last,
         input_format=cfg.model.input_format,
         pixel_range=cfg.model.pixel_range,
         resize=cfg.input.test_resize,
@@ -82,7 +79,7 @@ def build_model(cfg, *, num_classes: int | None = None, device: str | None = Non
     if cfg.model.weights:
         load_matching_weights(model, cfg.model.weights, cfg=cfg)
     model = model.to(resolve_device(device or cfg.model.device))
-    if cfg.model.channels_last:
+    if cfg.model.channels_last:  # the layout of the whole model, for training and inference alike
         use_channels_last(model)
     return model
 
@@ -109,9 +106,9 @@ def load_matching_weights(model: FasterRCNN, path: str, *, cfg) -> None:
 
 
 def load_detector(cfg, weights: str | Path | None, *, class_names: list[str] | None = None) -> tuple[FasterRCNN, list[str]]:
-    """Build `cfg`'s detector for inference, load a detkit checkpoint into it, then apply the speed-ups the
-    config switches on (`test.fold_bn`, `model.channels_last`, `test.compile`, `test.amp`; see
-    `detkit.modeling.optimize`).
+    """Build `cfg`'s detector for inference (in channels-last layout with `model.channels_last`), load a
+    detkit checkpoint into it, then apply the speed-ups the config switches on (`test.fold_bn`,
+    `test.compile`, `test.amp`; see `detkit.modeling.optimize`).
 
     `weights`: a detkit checkpoint, a detectron2 model-zoo .pkl or a detectron2 .pth (see
     `detkit.checkpoint.formats`). Class names: the file's (training stores them; an 80-class detectron2
@@ -134,11 +131,5 @@ def load_detector(cfg, weights: str | Path | None, *, class_names: list[str] | N
         load_model_weights(model, {"model": loaded.model}, weights)
     else:
         logger.warning("no weights given: the detection heads are untrained")
-    optimize_for_inference(
-        model,
-        fold_bn=cfg.test.fold_bn,
-        channels_last=cfg.model.channels_last,
-        torch_compile=cfg.test.compile,
-        amp=cfg.test.amp,
-    )
+    optimize_for_inference(model, fold_bn=cfg.test.fold_bn, torch_compile=cfg.test.compile, amp=cfg.test.amp)
     return model, list(names) if names else [f"class_{i}" for i in range(num_classes)]

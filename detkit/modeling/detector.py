@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from detkit.data.transforms import resize_pixels_pil, resize_shortest_edge_size, resize_shortest_edge_size_d2
+from detkit.modeling.backbone.resnet import C4_STRIDE
 from detkit.modeling.roi_heads import RoIHeads
 from detkit.modeling.rpn import RPN
 from detkit.structures.boxes import clip_boxes, nonempty
@@ -42,8 +43,7 @@ class ImagePreprocessor(nn.Module):
         pixel_std: list[float],
         min_size_test: int,
         max_size_test: int,
-        size_divisibility: int = 16,
-        channels_last: bool = False,
+        size_divisibility: int = C4_STRIDE,
         input_format: str = "RGB",
         pixel_range: float = 1.0,
         resize: str = "tensor",
@@ -54,7 +54,7 @@ class ImagePreprocessor(nn.Module):
             raise ValueError(f"input_format must be RGB or BGR, got {input_format!r}")
         if resize not in ("tensor", "pil"):
             raise ValueError(f"resize must be tensor or pil, got {resize!r}")
-        self.channels_last = channels_last
+        self.channels_last = False  # NHWC batches; set by `detkit.modeling.optimize.use_channels_last`
         to_255 = 255.0 / pixel_range
         self.register_buffer("pixel_mean", torch.tensor(pixel_mean).view(3, 1, 1) * to_255, persistent=False)
         self.register_buffer("pixel_std", torch.tensor(pixel_std).view(3, 1, 1) * to_255, persistent=False)

@@ -30,6 +30,8 @@ def _fold(conv: nn.Conv2d, bn: FrozenBatchNorm2d) -> nn.Conv2d:
         groups=conv.groups,
         bias=True,
     ).to(device=conv.weight.device, dtype=conv.weight.dtype)
+    # the fused weights keep the replaced convolution's memory layout (channels-last after `use_channels_last`)
+    fused.weight = nn.Parameter(torch.empty_like(conv.weight))
     fused.weight.copy_(conv.weight * scale[:, None, None, None])
     fused.bias.copy_(bias)
     return fused

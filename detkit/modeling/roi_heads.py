@@ -21,6 +21,7 @@ from torch import Tensor, nn
 from torchvision.ops import batched_nms, roi_align, roi_pool
 
 from detkit.errors import UserError
+from detkit.modeling.backbone.resnet import C4_STRIDE
 from detkit.modeling.box_coder import BoxCoder
 from detkit.modeling.losses import smooth_l1
 from detkit.modeling.matcher import Matcher
@@ -35,7 +36,7 @@ class RoIPooler(nn.Module):
     pixels); `channels_last` (set by `detkit.modeling.optimize`) hands the head NHWC regions.
     """
 
-    def __init__(self, *, kind: str = "roi_pool", resolution: int = 14, stride: int = 16, sampling_ratio: int = 0):
+    def __init__(self, *, kind: str = "roi_pool", resolution: int = 14, stride: int = C4_STRIDE, sampling_ratio: int = 0):
         super().__init__()
         if kind not in ("roi_pool", "roi_align"):
             raise ValueError(f"pooler must be roi_pool or roi_align, got {kind!r}")
@@ -106,6 +107,39 @@ class FastRCNNPredictor(nn.Module):
 
 
 class RoIHeads(nn.Module):
+    """The Fast R-CNN stage of the C4 detector: `label_and_sample` + `losses` in training, `predict` in eval.
+
+    Built parts:
+        pooler           RoIPooler: (N, C, H, W) conv4 map and (R_i, 4) boxes per image -> (R, C, S, S)
+        box_head         per-region head, (R, C, S, S) -> (R, D) with an `out_dim` D: Res5Head or FCHead
+        predictor        FastRCNNPredictor: (R, D [+ D']) -> logits (R, K+1) (background last), deltas (R, 4K)
+        matcher          Matcher labelling proposals by their best IoU with the ground truth: 1 foreground,
+                         0 background, -1 never sampled (Fast R-CNN: background only in [0.1, 0.5))
+        box_coder        BoxCoder: the (dx, dy, dw, dh) regression targets and their decoding
+        context_pooler   the whole-image RoI's pooler with `global_context`; None: `pooler`
+        context_head     the whole-image RoI's head (output D') with `global_context`; None: `box_head`
+                         (shared weights, no extra checkpoint keys)
+    Training:
+        num_classes           K foreground classes; labels 0..K-1, background K
+        batch_size_per_image  RoIs sampled per image for the losses (ground-truth boxes join the proposals)
+        positive_fraction     at most this share of the sampled RoIs is foreground
+        smooth_l1_beta        beta of the box loss's smooth L1, in encoded units (0: L1)
+    Inference:
+        score_threshold       class scores strictly above it are candidates
+        nms_thresh            per-class NMS IoU
+        detections_per_image  at most this many detections per image, best scores first
+        drop_empty_before_nms candidates with a side <= 0.01 px (after clipping) are dropped before NMS;
+                              false keeps them, as detectron2 does (it drops empty boxes only after mapping
+                              to the input image)
+        global_context        every region's feature is joined by its image's whole-image RoI feature
+        box_refinement        iterative localization (ResNet paper, appendix B): each region is scored
+                              again at its regressed box, the union of both passes goes through NMS at
+                              `refine_nms_thresh`, then box voting (`predict_refined`)
+        refine_nms_thresh     NMS IoU over that union
+        vote_iou_thresh       box voting: same-class candidates at or above this IoU with a kept box are
+                              averaged into it, weighted by score
+    """
+
     def __init__(
         self,
         *,
@@ -117,7 +151,6 @@ class RoIHeads(nn.Module):
         box_coder: BoxCoder,
         batch_size_per_image: int = 512,
         positive_fraction: float = 0.25,
-        bg_iou_thresh_low: float = 0.0,
         smooth_l1_beta: float = 0.0,
         score_threshold: float = 0.05,
         nms_thresh: float = 0.5,
@@ -130,8 +163,6 @@ class RoIHeads(nn.Module):
         vote_iou_thresh: float = 0.8,
         drop_empty_before_nms: bool = True,
     ):
-        """`drop_empty_before_nms`: boxes with a side <= 0.01 px (after clipping) are dropped before NMS;
-        false keeps them, as detectron2 does (it drops empty boxes only after mapping to the input image)."""
         super().__init__()
         self.pooler = pooler
         self.box_head = box_head
@@ -141,7 +172,6 @@ class RoIHeads(nn.Module):
         self.box_coder = box_coder
         self.batch_size_per_image = batch_size_per_image
         self.positive_fraction = positive_fraction
-        self.bg_iou_thresh_low = bg_iou_thresh_low
         self.smooth_l1_beta = smooth_l1_beta
         self.score_threshold = score_threshold
         self.nms_thresh = nms_thresh
@@ -184,11 +214,11 @@ class RoIHeads(nn.Module):
             box_head=box_head,
             predictor=FastRCNNPredictor(in_dim=feature_dim, num_classes=num_classes),
             num_classes=num_classes,
-            matcher=Matcher(thresholds=[c.fg_iou_thresh]),
+            # background is IoU in [bg_iou_thresh_low, fg_iou_thresh); lower IoUs are never sampled
+            matcher=Matcher(thresholds=[c.bg_iou_thresh_low, c.fg_iou_thresh], labels=[-1, 0, 1]),
             box_coder=BoxCoder(weights=tuple(c.bbox_reg_weights)),
             batch_size_per_image=c.batch_size_per_image,
             positive_fraction=c.positive_fraction,
-            bg_iou_thresh_low=c.bg_iou_thresh_low,
             smooth_l1_beta=c.smooth_l1_beta,
             score_threshold=c.score_threshold,
             nms_thresh=c.nms_thresh,
@@ -243,14 +273,10 @@ class RoIHeads(nn.Module):
             gt, gt_labels = target["boxes"], target["labels"]
             props = torch.cat([props, gt.to(props.dtype)])
             iou = box_iou(gt, props)
-            matches, fg_flags = self.matcher(iou)
+            matches, flags = self.matcher(iou)
             labels = torch.full_like(matches, self.num_classes)
             if gt.numel():
-                labels = torch.where(fg_flags == 1, gt_labels[matches], labels)
-            # Fast R-CNN draws background only from IoU in [bg_iou_thresh_low, fg_iou_thresh).
-            flags = fg_flags.clone()
-            if self.bg_iou_thresh_low > 0 and gt.numel():
-                flags[(iou.max(dim=0).values < self.bg_iou_thresh_low) & (flags == 0)] = -1
+                labels = torch.where(flags == 1, gt_labels[matches], labels)
             pos, neg = sample_balanced(
                 flags, batch_size=self.batch_size_per_image, positive_fraction=self.positive_fraction
             )
@@ -329,15 +355,33 @@ class RoIHeads(nn.Module):
         scores2, boxes2 = rescore(refined_inputs)
         results = []
         for s1, b1, s2, b2, size in zip(scores, boxes, scores2, boxes2, image_sizes):
-            s = torch.cat([s1, s2])
-            b = torch.cat([b1, b2])
-            results.append(self.postprocess(s, b, size, self.refine_nms_thresh, vote=True))
+            # both passes' (R_i, K+1), (R_i, K, 4) -> (2 R_i, K+1), (2 R_i, K, 4)
+            s, b = torch.cat([s1, s2]), torch.cat([b1, b2])
+            results.append(self.postprocess_with_voting(s, b, size, self.refine_nms_thresh))
         return results
 
-    def postprocess(
-        self, probs: Tensor, boxes: Tensor, image_size: tuple[int, int], nms_thresh: float, vote: bool = False
+    def postprocess(self, probs: Tensor, boxes: Tensor, image_size: tuple[int, int], nms_thresh: float) -> dict:
+        """probs (R, K+1), boxes (R, K, 4) clipped to `image_size` -> {boxes (D, 4), scores (D,), labels (D,)},
+        D <= detections_per_image: the candidates (`candidates`) that survive per-class NMS at `nms_thresh`."""
+        detections, _ = self.select_detections(*self.candidates(probs, boxes), nms_thresh)
+        return detections
+
+    def postprocess_with_voting(
+        self, probs: Tensor, boxes: Tensor, image_size: tuple[int, int], nms_thresh: float
     ) -> dict:
-        """probs (R, K+1), boxes (R, K, 4) -> {boxes (D, 4), scores (D,), labels (D,)} with D <= detections_per_image."""
+        """`postprocess`, then each kept box replaced by the vote (`box_voting`) of all candidates around it."""
+        candidates = self.candidates(probs, boxes)
+        detections, kept = self.select_detections(*candidates, nms_thresh)
+        if len(kept):
+            cand_boxes, cand_scores, cand_labels = candidates
+            detections["boxes"] = box_voting(
+                detections["boxes"], detections["labels"], cand_boxes, cand_scores, cand_labels, self.vote_iou_thresh
+            )
+        return detections
+
+    def candidates(self, probs: Tensor, boxes: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """probs (R, K+1), boxes (R, K, 4) -> every (box, score, class) above `score_threshold` (and non-empty,
+        with `drop_empty_before_nms`): boxes (M, 4), scores (M,), labels (M,)."""
         num_classes = self.num_classes
         fg_scores = probs[:, :num_classes]
         labels = torch.arange(num_classes, device=probs.device).expand_as(fg_scores)
@@ -346,12 +390,15 @@ class RoIHeads(nn.Module):
         keep = fg_scores > self.score_threshold  # strictly above, as detectron2 and torchvision
         if self.drop_empty_before_nms:
             keep &= nonempty(boxes, 1e-2)
-        fg_scores, labels, boxes = fg_scores[keep], labels[keep], boxes[keep]
-        kept = batched_nms(boxes, fg_scores, labels, nms_thresh)[: self.detections_per_image]
-        out_boxes = boxes[kept]
-        if vote and len(kept):
-            out_boxes = box_voting(out_boxes, labels[kept], boxes, fg_scores, labels, self.vote_iou_thresh)
-        return {"boxes": out_boxes, "scores": fg_scores[kept], "labels": labels[kept]}
+        return boxes[keep], fg_scores[keep], labels[keep]
+
+    def select_detections(
+        self, boxes: Tensor, scores: Tensor, labels: Tensor, nms_thresh: float
+    ) -> tuple[dict, Tensor]:
+        """Per-class NMS over candidates (M, 4), (M,), (M,), best `detections_per_image` kept:
+        ({boxes (D, 4), scores (D,), labels (D,)}, the kept candidates' indices (D,))."""
+        kept = batched_nms(boxes, scores, labels, nms_thresh)[: self.detections_per_image]
+        return {"boxes": boxes[kept], "scores": scores[kept], "labels": labels[kept]}, kept
 
 
 def box_voting(

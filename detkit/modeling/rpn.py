@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torchvision.ops import nms
 
+from detkit.modeling.backbone.resnet import C4_STRIDE
 from detkit.modeling.box_coder import BoxCoder
 from detkit.modeling.losses import smooth_l1
 from detkit.modeling.matcher import Matcher
@@ -129,7 +130,7 @@ class RPN(nn.Module):
         self.loss_weight = loss_weight
 
     @classmethod
-    def from_config(cls, cfg, in_channels: int, stride: int = 16) -> "RPN":
+    def from_config(cls, cfg, in_channels: int, stride: int = C4_STRIDE) -> "RPN":
         c = cfg.model.rpn
         anchors = AnchorGenerator(
             sizes=c.anchor_sizes,

@@ -68,6 +68,7 @@ def _pr_axes(ax, recall, curves: dict, points: dict, title: str) -> None:
         if point is not None:
             ax.plot(*point, "o" if key == "0.5" else "s", color="k", markersize=5, markerfacecolor="none")
     ax.set_xlim(0, 1)
+    ax.set_xticks([0, 0.5, 1])
     ax.set_ylim(0, 1.02)
     ax.set_title(title, fontsize=9)
     ax.tick_params(labelsize=7)
@@ -86,9 +87,13 @@ def pr_overall(pr: dict, score_threshold: float, path: Path) -> None:
 
 
 def _grid(n: int, columns: int = 6):
+    """A figure of n small panels sharing their axes (tick labels on the outer panels only: drawing the
+    text of 80 panels is most of a val2017 report's time)."""
     columns = max(1, min(columns, n))
     rows = max(1, math.ceil(n / columns))
-    fig, axes = plt.subplots(rows, columns, figsize=(2.4 * columns, 2.2 * rows), squeeze=False)
+    height = 2.2 * rows + 1.0  # inches: the panels, a legend row above them
+    fig, axes = plt.subplots(rows, columns, figsize=(2.4 * columns, height), squeeze=False, sharex=True, sharey=True)
+    fig.subplots_adjust(left=0.05, right=0.98, bottom=0.4 / height, top=1 - 0.9 / height, hspace=0.3, wspace=0.12)
     for ax in axes.flat[n:]:
         ax.axis("off")
     return fig, axes.flat
@@ -100,40 +105,45 @@ def pr_per_class(pr: dict, path: Path) -> None:
     fig, axes = _grid(len(names))
     for ax, name in zip(axes, names):
         _pr_axes(ax, pr["recall"], pr["per_class"][name], pr["operating_points"]["per_class"][name], name)
-    fig.tight_layout()
+    handles, labels = next(iter(fig.axes)).get_legend_handles_labels()
+    fig.legend(handles, labels, loc="upper center", ncol=2, fontsize=8, frameon=False)
     _save(fig, path, tight=False)
 
 
-def _breakdown_axes(ax, recall, curves: dict, aps: dict, title: str, legend: bool) -> None:
+def _breakdown_axes(ax, recall, curves: dict, title: str) -> None:
     """The COCO analysis plot: areas under the seven curves stacked from FN (back) to C75 (front)."""
     for key, color in reversed(list(zip(ERROR_KEYS, ERROR_COLORS))):
-        if curves.get(key) is None:
-            continue
-        label = f"[{aps[key] / 100:.3f}] {ERROR_LABELS[key] if legend else key}"
-        ax.fill_between(recall, curves[key], color=color, label=label, step=None)
-        ax.plot(recall, curves[key], color="k", linewidth=0.4)
+        if curves.get(key) is not None:
+            ax.fill_between(recall, curves[key], color=color, label=ERROR_LABELS[key])
+            ax.plot(recall, curves[key], color="k", linewidth=0.4)
     ax.set_xlim(0, 1)
+    ax.set_xticks([0, 0.5, 1])
     ax.set_ylim(0, 1.0)
     ax.set_title(title, fontsize=9)
     ax.tick_params(labelsize=7)
-    handles, labels = ax.get_legend_handles_labels()
-    ax.legend(handles[::-1], labels[::-1], fontsize=7 if legend else 5, loc="lower left", framealpha=0.8)
 
 
 def breakdown_overall(errors: dict, recall, path: Path) -> None:
     fig, ax = plt.subplots(figsize=(6, 4.5))
-    _breakdown_axes(ax, recall, errors["curves"]["overall"], errors["overall"], "all classes", legend=True)
+    _breakdown_axes(ax, recall, errors["curves"]["overall"], "all classes")
+    handles, labels = ax.get_legend_handles_labels()
+    aps = [errors["overall"][key] for key in reversed(ERROR_KEYS) if errors["overall"][key] is not None]
+    labels = [f"[{ap / 100:.3f}] {label}" for ap, label in zip(aps, labels)]
+    ax.legend(handles[::-1], labels[::-1], fontsize=7, loc="lower left", framealpha=0.8)
     ax.set_xlabel("recall")
     ax.set_ylabel("precision")
     _save(fig, path)
 
 
 def breakdown_per_class(errors: dict, recall, path: Path) -> None:
+    """One panel per class with ground truth, one legend for all (each class's APs: the page's table)."""
     names = [n for n in errors["per_class"] if errors["per_class"][n]["C75"] is not None]
-    fig, axes = _grid(max(1, len(names)), columns=4)
+    fig, axes = _grid(max(1, len(names)))
     for ax, name in zip(axes, names):
-        _breakdown_axes(ax, recall, errors["curves"]["per_class"][name], errors["per_class"][name], name, legend=False)
-    fig.tight_layout()
+        c50 = errors["per_class"][name]["C50"]
+        _breakdown_axes(ax, recall, errors["curves"]["per_class"][name], f"{name} (C50 {c50:.1f})")
+    handles, labels = next(iter(fig.axes)).get_legend_handles_labels()
+    fig.legend(handles[::-1], labels[::-1], loc="upper center", ncol=4, fontsize=8, frameon=False)
     _save(fig, path, tight=False)
 
 
@@ -161,24 +171,26 @@ def confusion_heatmap(confusion: dict, path: Path) -> None:
 
 
 def size_chart(sizes: dict, path: Path) -> None:
-    """AP and AP50 per sqrt(area) bin (bars), recall at IoU .5 and at the score threshold (lines)."""
-    labels = sizes["bins"]
-    x = np.arange(len(labels))
+    """AP and AP50 per sqrt(area) bin (bars), recall at IoU .5 and at the score threshold (lines); the
+    empty bins at either end are left out."""
+    filled = [i for i, n in enumerate(sizes["num_gt"]) if n] or [0]
+    keep = range(filled[0], filled[-1] + 1)
+
+    def values(key):
+        return [np.nan if sizes[key][i] is None else sizes[key][i] for i in keep]
+
+    x = np.arange(len(keep))
     fig, ax = plt.subplots(figsize=(8, 4))
-    ap = [v if v is not None else np.nan for v in sizes["AP"]]
-    ap50 = [v if v is not None else np.nan for v in sizes["AP50"]]
-    ax.bar(x - 0.2, ap, width=0.4, color="#4c72b0", label="AP")
-    ax.bar(x + 0.2, ap50, width=0.4, color="#a1c9f4", hatch="//", label="AP50")
+    ax.bar(x - 0.2, values("AP"), width=0.4, color="#4c72b0", label="AP")
+    ax.bar(x + 0.2, values("AP50"), width=0.4, color="#a1c9f4", hatch="//", label="AP50")
     for key, style, label in (("recall50", "ko-", "recall, IoU .5, 100 dets"),
                               ("recall_at_threshold", "k^--", "recall, IoU .5, score >= threshold")):  # fmt: skip
         if key in sizes:
-            ax.plot(x, [v if v is not None else np.nan for v in sizes[key]], style, label=label)
-    for xi, n in zip(x, sizes["num_gt"]):
-        ax.text(xi, 101, f"n={n}", ha="center", fontsize=7)
-    ax.set_xticks(x, labels, fontsize=8)
-    ax.set_xlabel("sqrt(area) of the ground-truth box (px)")
+            ax.plot(x, values(key), style, label=label)
+    ax.set_xticks(x, [f"{sizes['bins'][i]}\nn={sizes['num_gt'][i]}" for i in keep], fontsize=8)
+    ax.set_xlabel("sqrt(area) of the ground-truth box (px); n: boxes")
     ax.set_ylabel("%")
-    ax.set_ylim(0, 108)
-    ax.legend(fontsize=8, loc="lower right")
+    ax.set_ylim(0, 100)
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     ax.grid(axis="y", alpha=0.3)
     _save(fig, path)

@@ -12,9 +12,12 @@ th, td { border: 1px solid #ddd; padding: 2px 6px; text-align: right; }
 th { background: #f3f3f3; } td.name { text-align: left; }
 img { max-width: 100%; border: 1px solid #eee; }
 figure { margin: 0.8em 0; } figcaption { font-size: 0.85em; color: #555; }
+.gallery figure { display: inline-block; width: 48%; vertical-align: top; margin: 0.5em 0.5%; }
+.row { display: flex; flex-wrap: wrap; gap: 1.5em; align-items: flex-start; }
 .note { font-size: 0.85em; color: #555; } pre { font-size: 0.8em; background: #f7f7f7; padding: 0.5em; }
 """
 
+MAX_TABLE_CLASSES = 26  # larger confusion matrices are left to analysis.json
 PER_CLASS_COLUMNS = ("AP", "AP50", "AP75", "APs", "APm", "APl", "num_gt", "num_det")
 
 
@@ -63,8 +66,10 @@ def _per_class(analysis: dict, figures: dict) -> str:
     return "\n".join(
         [
             "<h2>Per class</h2>",
+            '<div class="row">',
             _figure(figures["per_class"], "AP per class (bars), AP50 (ticks), sorted by AP"),
             _table(["class", *PER_CLASS_COLUMNS], rows),
+            "</div>",
             '<p class="note">COCOeval (pycocotools) values, percent; num_gt: non-crowd ground-truth boxes, '
             "num_det: detections; '-': no ground truth.</p>",
         ]
@@ -83,8 +88,10 @@ def _errors(analysis: dict, figures: dict) -> str:
             "IoU .75/.50; Loc: IoU .10 (localisation errors ignored); Sim: confusions within a supercategory "
             "ignored; Oth: all class confusions ignored; BG: background false positives ignored; FN: misses "
             "ignored. The gap between two curves is what that kind of error costs.</p>",
+            '<div class="row">',
             _figure(figures["errors"], "error breakdown, all classes (AP of each curve in brackets)"),
             _table(["AP (%)", *keys], rows),
+            "</div>",
             _figure(figures["errors_per_class"], "error breakdown per class"),
         ]
     )
@@ -93,13 +100,19 @@ def _errors(analysis: dict, figures: dict) -> str:
 def _confusion(analysis: dict, figures: dict) -> str:
     c = analysis["confusion"]
     rows = [[name] + list(row) for name, row in zip(c["classes"], c["matrix"])]
+    counts = (
+        _table(["truth \\ predicted", *c["classes"]], rows)
+        if len(rows) <= MAX_TABLE_CLASSES
+        else f"<p>{len(rows)} rows: the counts are in analysis.json (confusion.matrix).</p>"
+    )
     return "\n".join(
         [
             "<h2>Confusion matrix</h2>",
             _figure(figures["confusion"], "confusion matrix, rows normalised"),
             '<p class="note">Rows: ground-truth class (background: detections on nothing, duplicates '
             "included); columns: predicted class (background: boxes no detection found). Counts:</p>",
-            _table(["truth \\ predicted", *c["classes"]], rows),
+            counts,
+            _table(["", *c["classes"][:-1]], [["duplicates (in the background row)", *c["duplicates"]]]),
         ]
     )
 
@@ -114,9 +127,11 @@ def _gallery(analysis: dict) -> str:
         "FN missed, FN-class found with the wrong class); right: detections (TP, FP on nothing, FP-class "
         "wrong class, FP-dup duplicate, ignored on a crowd region).</p>",
     ]
+    parts.append('<div class="gallery">')
     for e in entries:
         caption = f"image {e['image_id']}: {e['false_positives']} false positive(s), {e['missed']} missed"
         parts.append(_figure(e["file"], caption))
+    parts.append("</div>")
     return "\n".join(parts)
 
 

@@ -42,6 +42,9 @@ STAGE_BLOCKS: dict[int, list[int]] = {
     152: [3, 8, 36, 3],
 }
 NORMS = ("frozen_bn", "bn", "gn")
+# Input pixels per position of the res4 map the C4 detector reads (stem 4, res3 2, res4 2): the anchors'
+# spacing, the RoI poolers' 1/scale and the padding the batch needs for whole feature positions.
+C4_STRIDE = 16
 GN_GROUPS = 32
 
 # torchvision's first ImageNet weights for every depth: trained with the simple paper-era recipe
@@ -494,7 +497,6 @@ class ResNetC4Trunk(nn.Module):
         self.layer1, self.layer2, self.layer3 = resnet.layer1, resnet.layer2, resnet.layer3
         self.preact = resnet.preact
         self.out_channels: int = resnet.stage_channels[2]
-        self.stride = 16
         if self.preact:
             self.post_norm = _make_norm(resnet.norm, self.out_channels)
 
