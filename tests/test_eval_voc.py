@@ -272,3 +272,24 @@ def test_matches_a_sequential_implementation_on_random_data(use_11_point):
     got = run(results, anns, use_11_point)["per_class"]["cat"]
     assert got == pytest.approx(sequential_ap50(results, anns, use_11_point))
     assert 20 < got < 95
+
+
+def test_no_ground_truth_at_all_scores_0():
+    m = run([det("a", GT1, 0.9)], [ann("a", np.zeros((0, 4)), [])], False)
+    assert m == {"AP50": 0.0, "AP": 0.0, "per_class": {"cat": None, "dog": None}}
+
+
+def test_evaluator_explicit_measure_wins_over_the_year():
+    evaluator = VOCEvaluator(dataset_annotations=[ann("a", [GT1], [0])], class_names=CLASSES,
+                             use_11_point=True, year=2012)
+    assert evaluator.use_11_point is True and evaluator.year == 2012
+
+
+def test_misuse_raises_clear_errors():
+    with pytest.raises(ValueError, match="image_ids is required when annotations is a callable"):
+        evaluate_voc_results([], lambda image_id: ann(image_id, [GT1], [0]), CLASSES, True)
+    evaluator = VOCEvaluator(dataset_annotations=[ann("a", [GT1], [0])], class_names=CLASSES)
+    with pytest.raises(ValueError, match=r"evaluate\(\) called before any process\(\)"):
+        evaluator.evaluate()
+    with pytest.raises(ValueError, match="2 targets but 1 outputs"):
+        evaluator.process([{"image_id": "a"}, {"image_id": "b"}], [{}])
