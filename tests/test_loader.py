@@ -1,4 +1,6 @@
 import itertools
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -116,3 +118,24 @@ def test_test_loader_order_and_shards():
     assert order == [0, 1, 2, 4, 5, 6]
     shard = [t["index"] for _, ts in build_test_loader(ds, rank=1, world_size=3) for t in ts]
     assert shard == [1, 4]
+
+
+def test_workers_start_after_the_main_process_used_opencv_threads():
+    """A worker forked from a process whose OpenCV thread pool is running must not hang in its set-up (it did:
+    cv2.setNumThreads(1) in the child waited for the parent's pool threads). In a subprocess, with a timeout."""
+    script = (
+        "import cv2, numpy as np, torch\n"
+        "from detkit.data.loader import build_train_loader\n"
+        "img = np.random.default_rng(0).integers(0, 255, (1500, 1500, 3), dtype=np.uint8)\n"
+        "for _ in range(3): cv2.GaussianBlur(cv2.resize(img, (1200, 1200)), (15, 15), 0)\n"
+        "class Items(torch.utils.data.Dataset):\n"
+        "    image_sizes = [(2, 2)] * 4\n"
+        "    def __len__(self): return 4\n"
+        "    def __getitem__(self, i): return torch.zeros(3, 2, 2, dtype=torch.uint8), {'index': i}\n"
+        "loader = build_train_loader(Items(), batch_size=2, seed=0, num_workers=1, aspect_ratio_grouping=False)\n"
+        "batches = iter(loader)\n"
+        "print(sorted(t['index'] for _ in range(2) for t in next(batches)[1]))\n"
+    )
+    r = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert r.stdout.strip() == "[0, 1, 2, 3]"

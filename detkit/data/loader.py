@@ -155,10 +155,12 @@ class SeededDataset(Dataset):
 
 
 def _worker_init(worker_id: int) -> None:
-    # Workers run side by side: one thread each keeps them from oversubscribing the cores.
+    # Workers run side by side: one thread each keeps them from oversubscribing the cores. OpenCV: 0 runs its
+    # functions sequentially; 1 would reconfigure the thread pool the worker inherited by fork from a parent that
+    # had used it, and that waits forever for threads that do not exist in the child (OpenCV 5.0, pthreads).
     import cv2
 
-    cv2.setNumThreads(1)
+    cv2.setNumThreads(0)
     torch.set_num_threads(1)
 
 
