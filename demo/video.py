@@ -220,14 +220,13 @@ class FrameAnnotator:
         self.predictor, self.name, self.fps, self.score_threshold = predictor, name, fps, score_threshold
         self.width, self.height = size
         self.previous = np.zeros((self.height, self.width, 3), np.uint8)  # black until the first decoded frame
-        self.frames = self.detections = self.decode_failures = 0
+        self.detections = self.decode_failures = 0
         self.detector_time = 0.0
         self.resized_warned = False
 
     def __call__(self, index: int, frame: np.ndarray | None) -> tuple[dict, np.ndarray]:
         """(the frame's JSON record, the annotated BGR frame to write)."""
         record = {"frame": index, "time": round(index / self.fps, 6), "detections": []}
-        self.frames += 1
         if frame is None:
             self.decode_failures += 1
             if self.decode_failures == 1:
@@ -252,12 +251,13 @@ class FrameAnnotator:
                                         self.predictor.class_names, score_threshold=self.score_threshold)
         return record, self.previous
 
-    def summary(self, elapsed: float) -> str:
-        decoded = self.frames - self.decode_failures
-        rate = self.frames / elapsed if elapsed > 0 else 0.0
+    def summary(self, frames: int, elapsed: float) -> str:
+        """The closing log line for `frames` written frames."""
+        decoded = frames - self.decode_failures
+        rate = frames / elapsed if elapsed > 0 else 0.0
         failures = f", {self.decode_failures} failed to decode" if self.decode_failures else ""
         return (
-            f"{self.frames} frames{failures} in {elapsed:.1f} s: {1000 * elapsed / max(self.frames, 1):.1f} ms/frame "
+            f"{frames} frames{failures} in {elapsed:.1f} s: {1000 * elapsed / max(frames, 1):.1f} ms/frame "
             f"({rate:.1f} frames/s; detector {1000 * self.detector_time / max(decoded, 1):.1f} ms/frame), "
             f"{self.detections} detections at score >= {self.score_threshold:g}"
         )
@@ -269,6 +269,7 @@ def run(predictor, stream, args, *, name: str, output: Path, json_path: Path | N
     annotate = FrameAnnotator(predictor, name=name, fps=fps, size=size, score_threshold=args.score_threshold)
     writer = open_writer(output, fps, *size)
     json_file = open(json_path, "w", buffering=1) if json_path else None  # line-buffered: complete lines on Ctrl-C
+    written = 0
     start = time.perf_counter()
     try:
         with logging_redirect_tqdm(loggers=[logger]), tqdm(
@@ -279,6 +280,7 @@ def run(predictor, stream, args, *, name: str, output: Path, json_path: Path | N
                 writer.write(annotated)
                 if json_file is not None:
                     json_file.write(json.dumps(record) + "\n")
+                written += 1
                 bar.update(1)
                 if args.show:
                     cv2.imshow(WINDOW, annotated)
@@ -286,7 +288,7 @@ def run(predictor, stream, args, *, name: str, output: Path, json_path: Path | N
                         logger.info("stopped from the window")
                         break
     except KeyboardInterrupt:
-        logger.warning(f"interrupted: {output} holds the {annotate.frames} frames written so far")
+        logger.warning(f"interrupted: {output} holds the {written} frames written so far")
         raise
     finally:
         writer.release()  # writes the container's index, so the file plays even after an error
@@ -295,7 +297,7 @@ def run(predictor, stream, args, *, name: str, output: Path, json_path: Path | N
         if args.show:
             cv2.destroyAllWindows()
     wrote = f"wrote {output}" + (f" and {json_path}" if json_path else "")
-    logger.info(f"{annotate.summary(time.perf_counter() - start)}; {wrote}")
+    logger.info(f"{annotate.summary(written, time.perf_counter() - start)}; {wrote}")
 
 
 if __name__ == "__main__":

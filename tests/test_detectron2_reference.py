@@ -29,6 +29,7 @@ PHOTOS = ("astronaut", "coffee", "chelsea")
 # The narrow widths of the fixture model (detectron2 STEM_OUT_CHANNELS=8, RES2_OUT_CHANNELS=32,
 # WIDTH_PER_GROUP=8) are detkit's `model.backbone.width: 8`; everything else is the shipped config's.
 TINY = ["model.backbone.width=8", "input.min_size_test=224", "model.device=cpu"]
+CONFIG = ROOT / "configs" / "detectron2" / "faster_rcnn_R_50_C4_1x.yaml"
 
 
 @pytest.fixture(scope="module")
@@ -39,7 +40,7 @@ def reference():
 
 @pytest.fixture(scope="module")
 def cfg():
-    return load_config(ROOT / "configs" / "detectron2" / "faster_rcnn_R_50_C4_1x.yaml", TINY)
+    return load_config(CONFIG, TINY)
 
 
 @pytest.fixture(scope="module")
@@ -149,15 +150,16 @@ def photo_set(tmp_path_factory, reference):
     return root
 
 
-def run_tool(args: list[str]) -> subprocess.CompletedProcess:
+def run_tool(tool: str, photo_set: Path, output_dir: Path, *extra: str) -> subprocess.CompletedProcess:
+    """`tool` with the tiny config, the fixture's .pkl and `photo_set` as data.test, writing into `output_dir`."""
+    data = f"data.test=[{{format: coco, images: {photo_set}, annotations: {photo_set / 'gt.json'}}}]"
+    args = [tool, "--config", str(CONFIG), "--weights", str(DATA / "tiny_r50_c4.pkl"), "--output-dir", str(output_dir),
+            *TINY, data, *extra]
     return subprocess.run([sys.executable, *args], cwd=ROOT, capture_output=True, text=True, timeout=1800)
 
 
 def test_test_net_on_the_pkl_writes_cocos_ids_and_reproduces_detectron2(photo_set, tmp_path):
-    config = ROOT / "configs" / "detectron2" / "faster_rcnn_R_50_C4_1x.yaml"
-    data = f"data.test=[{{format: coco, images: {photo_set}, annotations: {photo_set / 'gt.json'}}}]"
-    r = run_tool(["tools/test_net.py", "--config", str(config), "--weights", str(DATA / "tiny_r50_c4.pkl"),
-                  "--output-dir", str(tmp_path), *TINY, data])
+    r = run_tool("tools/test_net.py", photo_set, tmp_path)
     assert r.returncode == 0, r.stderr[-2000:]
     detections = json.loads((tmp_path / "detections.json").read_text())
     assert len(detections) == 300 and {d["category_id"] for d in detections} <= set(COCO_CATEGORY_IDS)
@@ -169,10 +171,7 @@ def test_test_net_on_the_pkl_writes_cocos_ids_and_reproduces_detectron2(photo_se
 @pytest.mark.slow
 def test_ablation_runs_on_the_pkl_and_knows_it_has_no_context(photo_set, tmp_path):
     """tools/ablation.py takes a detectron2 file; its baseline row is detectron2's detections (AP 100 here)."""
-    config = ROOT / "configs" / "detectron2" / "faster_rcnn_R_50_C4_1x.yaml"
-    data = f"data.test=[{{format: coco, images: {photo_set}, annotations: {photo_set / 'gt.json'}}}]"
-    r = run_tool(["tools/ablation.py", "--config", str(config), "--weights", str(DATA / "tiny_r50_c4.pkl"),
-                  "--output-dir", str(tmp_path), *TINY, data, "--scales", "168", "224", "280"])
+    r = run_tool("tools/ablation.py", photo_set, tmp_path, "--scales", "168", "224", "280")
     assert r.returncode == 0, r.stderr[-2000:]
     table = (tmp_path / "ablation" / "table.txt").read_text()
     assert "(no context)" in table
