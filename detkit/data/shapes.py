@@ -100,8 +100,10 @@ _MARKS = {
 }
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)  # eq=False: compared by identity (numpy arrays have no single truth value)
 class ShapeClass:
+    """One class of the generator: its outline and, for the fine classes, the inner mark that tells it apart."""
+
     name: str
     category_id: int
     outline: np.ndarray  # (k, 2) unit polygon centred at 0
