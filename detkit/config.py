@@ -18,6 +18,7 @@ from typing import Any
 
 import yaml
 
+from detkit.data.shapes import parse_variant
 from detkit.errors import UserError
 
 
@@ -97,11 +98,11 @@ def is_device(name: str) -> bool:
 # Dataset entries of data.train / data.test: format -> (required keys, optional keys); `format` is implied.
 #   {format: coco, images: IMAGE_DIR, annotations: JSON}             optional: filter_empty
 #   {format: voc, root: .../VOC2007, split: trainval}                optional: keep_difficult
-#   {format: shapes, split: train|test}                              optional: num_images, seed
+#   {format: shapes, split: train|test}                              optional: num_images, seed, variant
 DATASET_FORMATS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     "coco": (("images", "annotations"), ("filter_empty",)),
     "voc": (("root", "split"), ("keep_difficult",)),
-    "shapes": (("split",), ("num_images", "seed")),
+    "shapes": (("split",), ("num_images", "seed", "variant")),
 }
 # The type of every dataset key.
 DATASET_KEY_TYPES: dict[str, type] = {
@@ -113,6 +114,7 @@ DATASET_KEY_TYPES: dict[str, type] = {
     "keep_difficult": bool,
     "num_images": int,
     "seed": int,
+    "variant": str,
 }
 DATASETS_ALLOWED = "a list of {format: " + " | ".join(DATASET_FORMATS) + ", ...} mappings"
 
@@ -140,6 +142,11 @@ def dataset_problem(spec: Any) -> str | None:
         want = DATASET_KEY_TYPES.get(key)
         if want is not None and (not isinstance(value, want) or want is int and isinstance(value, bool)):
             return f"key {key} must be {want.__name__}, got {value!r}"
+    if fmt == "shapes" and "variant" in spec:
+        try:
+            parse_variant(spec["variant"])
+        except UserError as e:
+            return str(e)
     return None
 
 

@@ -1,3 +1,4 @@
+import hashlib
 import json
 import os
 from pathlib import Path
@@ -5,6 +6,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
+from matplotlib.path import Path as MplPath
 
 from detkit.config import load_config
 from detkit.data import shapes
@@ -84,10 +86,10 @@ def test_concurrent_winner_is_kept(tmp_path, monkeypatch):
     """A run that finds the split already renamed into place by another process keeps that copy."""
     real = shapes.generate_shapes
 
-    def generate_while_other_finishes(out_dir, split, num_images, seed):
-        real(out_dir, split, num_images, seed)
-        other = shapes.shapes_dir(tmp_path, split, num_images, seed)
-        real(other, split, num_images, seed)  # the other process wins the rename
+    def generate_while_other_finishes(out_dir, split, num_images, seed, variant):
+        real(out_dir, split, num_images, seed, variant)
+        other = shapes.shapes_dir(tmp_path, split, num_images, seed, variant)
+        real(other, split, num_images, seed, variant)  # the other process wins the rename
 
     monkeypatch.setattr(shapes, "generate_shapes", generate_while_other_finishes)
     image_dir, json_path = shapes.ensure_shapes(tmp_path, "test", 3, 0)
@@ -149,3 +151,106 @@ def test_build_datasets_concat(tmp_path):
     specs.append({"format": "coco", "images": str(tmp_path), "annotations": str(other)})
     with pytest.raises(UserError, match=r"data.test\[2\] has classes \[dog\]"):
         build_datasets(specs, cfg=cfg, is_train=False)
+
+
+# ---------------------------------------------------------------------------------------------
+# Variants (fine, textured, small): new options of the same format; the plain set stays as it was.
+
+
+def test_plain_set_is_unchanged_by_the_variants(tmp_path):
+    # Fingerprint of the plain set taken before the variants were added (annotations are plain numbers:
+    # boxes and areas from OpenCV's integer rasteriser, polygons rounded to 0.01 px).
+    _, json_path = shapes.ensure_shapes(tmp_path, "train", 30, 0)
+    digest = hashlib.sha256(json_path.read_bytes()).hexdigest()
+    assert digest == "57882082f87059d9898971dffa885a02e48e80133ce127b014cd8c8527e0ef54"
+    # the default split's cache folder keeps its name, so existing caches are reused
+    assert shapes.shapes_dir(tmp_path, "train", 2000, 0).parent.name == "shapes-v1-40f7f82f6e"
+    assert shapes.shapes_dir(tmp_path, "train", 2000, 0, "").parent.name == "shapes-v1-40f7f82f6e"
+
+
+def test_variant_names_parse_and_name_the_cache(tmp_path):
+    assert shapes.parse_variant("small+fine") == ("fine", "small")
+    assert shapes.parse_variant(None) == () and shapes.parse_variant("") == ()
+    a = shapes.shapes_dir(tmp_path, "test", 5, 0, "small+fine")
+    assert a == shapes.shapes_dir(tmp_path, "test", 5, 0, "fine+small") and a.parent.name.startswith("shapes-v1-fine+small-")
+    folders = {shapes.shapes_dir(tmp_path, "test", 5, 0, v) for v in (None, "fine", "textured", "small", "fine+small")}
+    assert len(folders) == 5
+    for bad in ("fancy", "fine+fine", "fine+", "Fine"):
+        with pytest.raises(UserError, match=r"shapes variant .* one or more of fine, textured, small"):
+            shapes.parse_variant(bad)
+
+
+def _covered_share(marks: tuple, outline: np.ndarray) -> float:
+    """Share of the outline's area covered by the union of the mark polygons, by matplotlib's point-in-polygon
+    test on a fine grid (independent of OpenCV's rasteriser that draws them)."""
+    grid = np.stack(np.meshgrid(np.linspace(-1, 1, 301), np.linspace(-1, 1, 301)), axis=-1).reshape(-1, 2)
+    inside = MplPath(outline).contains_points(grid)
+    marked = np.zeros(len(grid), dtype=bool)
+    for mark in marks:
+        marked |= MplPath(mark).contains_points(grid)
+    return float((marked & inside).sum() / inside.sum())
+
+
+def test_fine_classes_differ_by_their_inner_mark(tmp_path):
+    fine = shapes.style_for("fine")
+    assert [c.name for c in fine.classes] == [
+        "disc", "disc-hole", "disc-bar", "disc-plus", "disc-dots",
+        "square", "square-hole", "square-bar", "square-plus", "square-dots",
+    ]  # fmt: skip
+    assert [c.category_id for c in fine.classes] == [1, 2, 3, 4, 5, 11, 12, 13, 14, 15]
+    checked = 0
+    for shape_class in fine.classes:
+        # One class at a time; on a single-object image with a solid background the colours are exactly
+        # background, body and (for a marked class) mark, and the mark covers its share of the body.
+        style = shapes.Style(classes=(shape_class,), object_sides=(60.0, 100.0), max_objects=1)
+        for i in range(40):
+            image, objects = shapes._render_image(np.random.RandomState([5, 1, i]), style)
+            packed = image.astype(np.int32) @ np.array([1 << 16, 1 << 8, 1], dtype=np.int32)  # one int per colour
+            colours, counts = np.unique(packed, return_counts=True)
+            if len(objects) != 1 or (image[0, 0] != image[-1, -1]).any() or (image[0, 0] != image[0, -1]).any():
+                continue
+            if len(colours) > 3:  # gradient or noise background
+                continue
+            assert len(colours) == (3 if shape_class.mark else 2), shape_class.name
+            if shape_class.mark:
+                mark_share = _covered_share(shape_class.mark, shape_class.outline)
+                mark_pixels = counts.min()  # the mark is the smallest of the three colours
+                assert mark_pixels / objects[0]["area"] == pytest.approx(mark_share, rel=0.12), shape_class.name
+            checked += 1
+            break
+    assert checked == 10
+
+    _, json_path = shapes.ensure_shapes(tmp_path, "train", 40, 0, "fine")
+    data = json.loads(json_path.read_text())
+    assert [c["id"] for c in data["categories"]] == [1, 2, 3, 4, 5, 11, 12, 13, 14, 15]
+    assert {a["category_id"] for a in data["annotations"]} == {1, 2, 3, 4, 5, 11, 12, 13, 14, 15}
+    assert "variant fine" in data["info"]["description"]
+
+
+def test_textured_images_are_noisy_and_small_objects_are_small():
+    plain, textured, small = shapes.Style(), shapes.style_for("textured"), shapes.style_for("small")
+    sides, counts = [], []
+    for i in range(40):
+        rng_args = [0, 1, i]
+        image, _ = shapes._render_image(np.random.RandomState(rng_args), textured)
+        # neighbouring pixels differ everywhere (noise), by far more than on any plain image
+        assert np.abs(np.diff(image.astype(np.int16), axis=1)).mean() > 4.0
+        image, _ = shapes._render_image(np.random.RandomState(rng_args), plain)
+        assert np.abs(np.diff(image.astype(np.int16), axis=1)).mean() < 3.0
+        _, objects = shapes._render_image(np.random.RandomState(rng_args), small)
+        sides += [max(o["box"][2] - o["box"][0], o["box"][3] - o["box"][1]) for o in objects]
+        counts.append(len(objects))
+    assert 11 <= min(sides) and max(sides) <= 50 and np.median(sides) < 30
+    assert max(counts) > 5  # up to 8 objects per image
+
+
+def test_variant_in_config_is_checked_at_load(tmp_path):
+    with pytest.raises(UserError, match=r"data.train.*shapes variant 'tiny' is not valid"):
+        load_config(None, ["data.train=[{format: shapes, split: train, variant: tiny}]"])
+    with pytest.raises(UserError, match=r"data.test.*key variant must be str"):
+        load_config(None, ["data.test=[{format: shapes, split: test, variant: 3}]"])
+    spec = "{format: shapes, split: test, variant: fine, num_images: 4}"
+    cfg = load_config(None, [f"data.cache_dir={tmp_path}", f"data.test=[{spec}]"])
+    ds = build_datasets(cfg.data.test, cfg=cfg, is_train=False)
+    assert ds.class_names == shapes.class_names("fine") and ds.category_ids == [1, 2, 3, 4, 5, 11, 12, 13, 14, 15]
+    assert len(ds) == 4

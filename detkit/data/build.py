@@ -3,7 +3,7 @@
 Each entry is a mapping with a `format` and that format's keys (detkit.config.DATASET_FORMATS):
     {format: coco, images: IMAGE_DIR, annotations: JSON}             optional: filter_empty
     {format: voc, root: .../VOC2007, split: trainval}                optional: keep_difficult
-    {format: shapes, split: train|test}                              optional: num_images, seed
+    {format: shapes, split: train|test}                              optional: num_images, seed, variant
 Training datasets get `TrainTransform` from `input.*`; test datasets no transform at all
 (the model resizes test images itself).
 """
@@ -70,7 +70,9 @@ def build_dataset(spec: dict, *, cfg: Any, is_train: bool, name: str = "dataset"
         # shapes
         if spec["split"] not in SPLITS:
             raise UserError(f"split must be one of {', '.join(SPLITS)}, got {spec['split']!r}")
-        image_dir, json_path = ensure_shapes(cache_dir(cfg), spec["split"], spec.get("num_images"), spec.get("seed"))
+        image_dir, json_path = ensure_shapes(
+            cache_dir(cfg), spec["split"], spec.get("num_images"), spec.get("seed"), spec.get("variant")
+        )
         return COCODataset(images=str(image_dir), annotations=str(json_path), transform=transform, kind="shapes")
     except UserError as e:
         raise UserError(f"{name} ({fmt}): {e}") from None
