@@ -306,6 +306,8 @@ def test_pr_curves_and_operating_points_worked_by_hand():
     assert pr["per_class"]["cat"] == {"0.5": [0.0833] * 101, "0.75": [0.0833] * 101}
     assert pr["per_class"]["car"] == {"0.5": [1.0] * 51 + [0.6667] * 50, "0.75": [1.0] * 51 + [0.0] * 50}
     assert pr["per_class"]["dog"] == {"0.5": None, "0.75": None}
+    table = analysis.per_class_table(gt, ev, dets)
+    assert table["cat"]["AP50"] == pytest.approx(100 / 12) and table["cat"]["num_det"] == 12
     # the mean of cat and car, rounded after averaging: (1/12 + 1) / 2, (1/12 + 2/3) / 2, 1/24
     assert pr["overall"] == {"0.5": [0.5417] * 51 + [0.375] * 50, "0.75": [0.5417] * 51 + [0.0417] * 50}
     points = pr["operating_points"]
@@ -346,3 +348,48 @@ def test_confusion_counts_add_up_over_detections_and_images():
     assert matrix.tolist() == [[2, 0, 0, 0], [0, 0, 0, 0], [0, 0, 0, 0], [2, 4, 0, 0]]
     counts = confusion.duplicate_counts(outcomes, 3)
     assert counts == [2, 0, 0] and all(type(n) is int for n in counts)
+
+
+def test_match_image_at_the_iou_boundary_in_score_order():
+    cat_box, crowd, dog_box = [0, 0, 20, 10], [100, 0, 10, 10], [50, 50, 20, 20]
+    dets = [  # (box, label, score), not in score order
+        ([50, 50, 20, 10], 1, 0.5),  # IoU exactly 0.5 with the dog: found
+        ([95, 0, 10, 10], 0, 0.7),  # half inside the crowd region: ignored
+        (cat_box, 0, 0.9),  # the cat
+        (cat_box, 1, 0.6),  # a dog on the found cat: a false positive, not a duplicate
+        ([0, 0, 10, 10], 0, 0.8),  # IoU exactly 0.5 with the found cat: a duplicate
+    ]
+    boxes, labels, scores = zip(*dets)
+    o = confusion.match_image(7, [cat_box, crowd, dog_box], [0, 0, 1], [False, True, False], boxes, labels, scores)
+    assert o.det_scores.tolist() == [0.9, 0.8, 0.7, 0.6, 0.5]
+    assert o.det_status == ["TP", "FP-dup", "ignored", "FP", "TP"]
+    assert o.det_match.tolist() == [0, -1, -1, -1, 2]
+    assert o.gt_status == ["TP", "crowd", "TP"]
+    assert o.gt_areas.tolist() == [200, 100, 400]  # w * h by default
+    given = confusion.match_image(7, [cat_box], [0], [False], [], [], [], gt_areas=[150.0])
+    assert given.gt_areas.tolist() == [150.0] and given.gt_status == ["FN"]
+
+
+def test_match_image_keeps_tied_scores_in_their_order():
+    scores = (np.random.default_rng(0).integers(0, 3, 40) / 2).tolist()  # many ties
+    boxes = [[3.0 * i, 0.0, 2.0, 2.0] for i in range(40)]
+    o = confusion.match_image(1, [], [], [], boxes, [0] * 40, scores)
+    expected = sorted(range(40), key=lambda i: -scores[i])  # sorted() is stable
+    assert o.det_boxes[:, 0].tolist() == [boxes[i][0] for i in expected]
+
+
+def test_recall_by_size_bins_include_both_edges():
+    boxes = {
+        "b1": ([0, 0, 32, 32], True),  # area 1024 = 32^2: in both bins around 32
+        "b2": ([40, 0, 40, 50], False),  # area 2000
+        "b4": ([0, 40, 10, 10], False),  # area 100
+        "b5": ([20, 40, 20, 20], True),  # area 400
+    }
+    gt = [b for b, _ in boxes.values()] + [[100, 0, 10, 10]]  # and a crowd region of area 100
+    found = [b for b, hit in boxes.values() if hit]
+    o = confusion.match_image(1, gt, [0] * 5, [False] * 4 + [True], found, [0] * len(found), [0.9] * len(found))
+    recall = confusion.recall_by_size([o], (0, 32, 96, 1e5))
+    assert recall == [pytest.approx(200 / 3), pytest.approx(50.0), None]  # b1, b4, b5 | b1, b2 | none
+    empty_image = confusion.match_image(2, [], [], [], [], [], [])
+    assert confusion.recall_by_size([empty_image], (0, 32)) == [None]
+    assert confusion.recall_by_size([], (0, 32)) == [None]
