@@ -393,3 +393,14 @@ def test_recall_by_size_bins_include_both_edges():
     empty_image = confusion.match_image(2, [], [], [], [], [], [])
     assert confusion.recall_by_size([empty_image], (0, 32)) == [None]
     assert confusion.recall_by_size([], (0, 32)) == [None]
+
+
+def test_size_view_fills_every_bin_and_counts_edge_boxes_in_both():
+    sides = [6, 14, 20, 28, 32, 40, 56, 80, 112, 200, 300]  # one box per bin, 32 on an edge
+    gt = make_gt([{"image_id": i + 1, "category_id": 1, "bbox": [0, 0, s, s]} for i, s in enumerate(sides)], len(sides))
+    dets = [{"image_id": i + 1, "category_id": 1, "bbox": [0, 0, s, s], "score": 0.9} for i, s in enumerate(sides)]
+    sizes = analysis.size_view(gt, analysis.detections_coco(gt, dets))  # 10 bins: three COCOeval runs
+    assert sizes["bins"] == ["0-12", "12-16", "16-24", "24-32", "32-48", "48-64", "64-96", "96-128", "128-256", ">256"]
+    assert sizes["num_gt"] == [1, 1, 1, 2, 2, 1, 1, 1, 1, 1]
+    for key in ("AP", "AP50", "recall50"):
+        assert sizes[key] == [pytest.approx(100.0)] * 10, key
