@@ -183,6 +183,8 @@ def test_sidecar_round_trip(tmp_path):
     assert meta["file"] == "detections.json" and meta["config"] == "configs/x.yaml"
     assert meta["weights"] == "model_final.pth" and meta["detkit_version"] and meta["created"].endswith("+00:00")
     assert read_sidecar(tmp_path / "other.json") is None
+    sidecar_path(tmp_path / "list.json").write_text("[1]")  # valid JSON, not a sidecar
+    assert read_sidecar(tmp_path / "list.json") is None
     assert metrics_path_for(path) == tmp_path / "metrics.json"
     assert metrics_path_for(tmp_path / "detections_1.json") == tmp_path / "metrics_1.json"
 
@@ -243,6 +245,21 @@ def test_the_backend_asked_for_is_the_one_that_runs(monkeypatch):
     assert len(runs) == 3
     dataset = SimpleNamespace(kind="coco", has_annotations=True, coco=gt, category_ids=CATEGORY_IDS, class_names=names)
     assert build_evaluator(dataset, backend="faster_coco_eval").backend == "faster_coco_eval"
+
+
+def test_build_evaluator_by_kind():
+    gt, _ = synthetic_gt_and_dets()
+    names = [f"c{c}" for c in CATEGORY_IDS]
+    coco = SimpleNamespace(kind="shapes", has_annotations=True, coco=gt, category_ids=CATEGORY_IDS, class_names=names)
+    evaluator = build_evaluator(coco)
+    assert isinstance(evaluator, COCOEvaluator) and evaluator.coco_gt is gt and evaluator.backend == "pycocotools"
+    assert evaluator.category_ids == CATEGORY_IDS and evaluator.class_names == names
+    voc = SimpleNamespace(kind="voc", annotations=lambda image_id: {}, class_names=["cat", "dog"], year=2007)
+    evaluator = build_evaluator(voc)
+    assert (evaluator.year, evaluator.use_11_point, evaluator.class_names) == (2007, True, ["cat", "dog"])
+    assert build_evaluator(SimpleNamespace(**vars(voc) | {"year": 2012})).use_11_point is False
+    assert build_evaluator(SimpleNamespace(**vars(coco) | {"has_annotations": False})) is None  # test-dev image info
+    assert build_evaluator(SimpleNamespace(kind="concat")) is None
 
 
 def test_unknown_backend_is_a_user_error():
