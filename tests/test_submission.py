@@ -19,6 +19,7 @@ from detkit.errors import UserError
 from detkit.engine.saved_results import metrics_path_for
 from detkit.evaluation.build import build_evaluator
 from detkit.evaluation.coco import COCOEvaluator, cocoeval_stats, evaluate_results, make_cocoeval
+from detkit.evaluation import provenance
 from detkit.evaluation.provenance import read_sidecar, sidecar_path, write_sidecar
 from detkit.evaluation.submission import (
     format_submission,
@@ -187,6 +188,21 @@ def test_sidecar_round_trip(tmp_path):
     assert read_sidecar(tmp_path / "list.json") is None
     assert metrics_path_for(path) == tmp_path / "metrics.json"
     assert metrics_path_for(tmp_path / "detections_1.json") == tmp_path / "metrics_1.json"
+
+
+def test_sidecar_records_the_git_commit_of_the_checkout(tmp_path):
+    here = Path(provenance.__file__).resolve().parent
+
+    def git(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run(["git", "-C", str(here), *args], capture_output=True, text=True, timeout=30)
+
+    head = git("rev-parse", "HEAD")
+    if head.returncode != 0:
+        pytest.skip("detkit is not imported from a git checkout")
+    dirty = git("status", "--porcelain", "--untracked-files=no").stdout.strip()
+    write_sidecar(tmp_path / "x.json")
+    commit = read_sidecar(tmp_path / "x.json")["git_commit"]
+    assert commit == head.stdout.strip() + ("+dirty" if dirty else "") and len(head.stdout.strip()) == 40
 
 
 def synthetic_gt_and_dets(seed: int = 0) -> tuple[COCO, list[dict]]:
