@@ -404,3 +404,81 @@ def test_size_view_fills_every_bin_and_counts_edge_boxes_in_both():
     assert sizes["num_gt"] == [1, 1, 1, 2, 2, 1, 1, 1, 1, 1]
     for key in ("AP", "AP50", "recall50"):
         assert sizes[key] == [pytest.approx(100.0)] * 10, key
+
+
+OWL = {"id": 3, "name": "owl", "supercategory": "animal"}
+
+
+def test_error_breakdown_worked_by_hand_with_one_supercategory():
+    # cat, dog, owl all animals (Oth is Sim); owl has no ground truth. Image 1: cat A, dog D; image 2:
+    # cat B, never detected. Cat detections: on D (0.95), on nothing (0.93), on A (0.9): precision 1/3
+    # at recall 1/2; Sim ignores the one on D: 1/2; BG ignores the other: 1 up to recall 1/2, 0 beyond.
+    a, d, b = [10, 10, 20, 20], [60, 10, 30, 40], [10, 10, 20, 20]
+    gt = make_gt([{"image_id": 1, "category_id": 1, "bbox": a}, {"image_id": 1, "category_id": 2, "bbox": d},
+                  {"image_id": 2, "category_id": 1, "bbox": b}], 2, CATEGORIES[:2] + [OWL])  # fmt: skip
+    dets = [{"image_id": 1, "category_id": 1, "bbox": d, "score": 0.95},
+            {"image_id": 1, "category_id": 1, "bbox": [20, 60, 10, 10], "score": 0.93},
+            {"image_id": 1, "category_id": 1, "bbox": a, "score": 0.9},
+            {"image_id": 1, "category_id": 3, "bbox": a, "score": 0.7}]  # fmt: skip
+    coco_dt, ev = standard(gt, dets)
+    curves = error_breakdown.error_curves(gt, coco_dt, ev)
+    for key in ("BG", "FN"):
+        assert (curves[key][:, 2] == -1).all(), key  # owl: no ground truth
+    errors = error_breakdown.error_breakdown(gt, curves)
+    reached = 51 / 101  # recall points 0 .. 0.5
+    cat = [100 * reached / 3] * 3 + [100 * reached / 2] * 2 + [100 * reached, 100]
+    assert [errors["per_class"]["cat"][k] for k in error_breakdown.ERROR_KEYS] == pytest.approx(cat)
+    assert [errors["per_class"]["dog"][k] for k in error_breakdown.ERROR_KEYS] == [0, 0, 0, 0, 0, 0, 100]
+    assert errors["per_class"]["owl"] == dict.fromkeys(error_breakdown.ERROR_KEYS)
+    overall = [(c + g) / 2 for c, g in zip(cat, [0, 0, 0, 0, 0, 0, 100])]  # owl left out
+    assert [errors["overall"][k] for k in error_breakdown.ERROR_KEYS] == pytest.approx(overall)
+    drawn = errors["curves"]
+    assert drawn["per_class"]["cat"]["Loc"] == [0.3333] * 51 + [0.0] * 50
+    assert drawn["per_class"]["cat"]["BG"] == [1.0] * 51 + [0.0] * 50
+    assert drawn["per_class"]["owl"] == dict.fromkeys(error_breakdown.ERROR_KEYS)
+    assert drawn["overall"]["Loc"] == [0.1667] * 51 + [0.0] * 50
+    assert drawn["overall"]["FN"] == [1.0] * 101
+    # a set without any ground truth: nothing to average
+    empty = make_gt([], 1)
+    coco_dt, ev = standard(empty, [])
+    errors = error_breakdown.error_breakdown(empty, error_breakdown.error_curves(empty, coco_dt, ev))
+    assert errors["overall"] == dict.fromkeys(error_breakdown.ERROR_KEYS)
+    assert errors["curves"]["overall"] == dict.fromkeys(error_breakdown.ERROR_KEYS)
+
+
+def test_error_curves_count_the_100_best_detections_of_an_image_and_tiny_boxes():
+    # image 1: 100 cats on nothing, then the cat (rank 101, not counted); image 2: 11 dogs on nothing, then
+    # the dog (rank 12: precision 1/12, lost if only 10 counted); image 3: a car of 0.5 x 0.5 px, found.
+    cat, dog, car = [10, 10, 20, 20], [60, 10, 30, 40], [5, 5, 0.5, 0.5]
+    gt = make_gt([{"image_id": 1, "category_id": 1, "bbox": cat}, {"image_id": 2, "category_id": 2, "bbox": dog},
+                  {"image_id": 3, "category_id": 5, "bbox": car}], 3)  # fmt: skip
+    dets = [{"image_id": 1, "category_id": 1, "bbox": [50, 60, 10, 10], "score": 0.99 - 0.001 * i} for i in range(100)]
+    dets += [{"image_id": 2, "category_id": 2, "bbox": [0, 60, 10, 10], "score": 0.99 - 0.01 * i} for i in range(11)]
+    dets += [{"image_id": 1, "category_id": 1, "bbox": cat, "score": 0.5},
+             {"image_id": 2, "category_id": 2, "bbox": dog, "score": 0.5},
+             {"image_id": 3, "category_id": 5, "bbox": car, "score": 0.5}]  # fmt: skip
+    coco_dt, ev = standard(gt, dets)
+    errors = error_breakdown.error_breakdown(gt, error_breakdown.error_curves(gt, coco_dt, ev))
+    assert [errors["per_class"]["cat"][k] for k in error_breakdown.ERROR_KEYS] == [0, 0, 0, 0, 0, 0, 100]
+    assert [errors["per_class"]["dog"][k] for k in error_breakdown.ERROR_KEYS] == pytest.approx(
+        [100 / 12] * 5 + [100, 100]
+    )
+    assert [errors["per_class"]["car"][k] for k in error_breakdown.ERROR_KEYS] == pytest.approx([100] * 7)
+
+
+def test_the_report_runs_the_backend_asked_for(monkeypatch):
+    faster_coco_eval = pytest.importorskip("faster_coco_eval")
+    runs = []
+
+    class Recorded(faster_coco_eval.COCOeval_faster):
+        def evaluate(self):
+            runs.append(self)
+            super().evaluate()
+
+    monkeypatch.setattr(faster_coco_eval, "COCOeval_faster", Recorded)
+    gt, dets = random_set(0)
+    coco_dt, ev = standard(gt, dets)
+    error_breakdown.error_curves(gt, coco_dt, ev, backend="faster_coco_eval")
+    assert len(runs) == 6  # Loc; Sim and Oth of cat and of dog; Oth of car (alone in its supercategory)
+    analysis.size_view(gt, coco_dt, backend="faster_coco_eval", edges=(0, 32, 96, 1e5))
+    assert len(runs) == 7
