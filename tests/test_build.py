@@ -4,6 +4,7 @@ import logging
 
 import pytest
 import torch
+from torchvision.ops import FrozenBatchNorm2d
 
 from detkit import build_model, load_config
 from detkit.errors import UserError
@@ -45,6 +46,24 @@ def test_load_detector_class_names_and_count(tmp_path, caplog):
     assert model.roi_heads.predictor.cls_score.out_features == 5  # model.num_classes before the names' count
     with pytest.raises(UserError, match="model.num_classes is not set and the weights do not name their classes"):
         load_detector(load_config(None, BASE), None)
+    with pytest.raises(UserError, match=f"checkpoint {bare} does not fit this model"):
+        load_detector(load_config(None, BASE + ["model.num_classes=5"]), bare)
+
+
+def test_load_detector_reads_only_the_given_weights_and_applies_the_test_switches(tmp_path, monkeypatch):
+    path = tmp_path / "frozen.pth"
+    frozen = ["model.backbone.norm=frozen_bn", "model.backbone.freeze_at=2"]
+    torch.manual_seed(1)
+    torch.save({"model": build_model(load_config(None, BASE + frozen), num_classes=2).state_dict()}, path)
+    # every tensor comes from `path`: the backbone's and model.weights' files are not read (absent here)
+    absent = [f"model.backbone.weights={tmp_path / 'absent_r18.pth'}", f"model.weights={tmp_path / 'absent.pth'}"]
+    cfg = load_config(None, BASE + frozen + absent + ["test.fold_bn=true", "test.compile=true"])
+    compiled = []
+    monkeypatch.setattr(torch, "compile", lambda module, **kwargs: compiled.append(module) or module)
+    model, _ = load_detector(cfg, path)
+    assert cfg.model.backbone.weights == str(tmp_path / "absent_r18.pth")  # the caller's config is left alone
+    assert not any(isinstance(m, FrozenBatchNorm2d) for m in model.modules())  # test.fold_bn
+    assert compiled == [model.backbone, model.roi_heads.box_head]  # test.compile
 
 
 def test_model_weights_keep_the_tensors_whose_shapes_differ_fresh(tmp_path, caplog):

@@ -135,6 +135,16 @@ def test_imagenet_weights_offline_names_path_and_url(hub_dir):
         load_resnet_weights(ResNet(depth=50), "imagenet", depth=50)
     message = str(info.value)
     assert str(path) in message and url in message and "\n" not in message
+    assert "(URLError: <urlopen error no network in tests>)" in message  # the reason, first line only
+
+
+def test_imagenet_download_failure_without_text_names_its_type(hub_dir, monkeypatch):
+    def reset(self, *args, **kwargs):
+        raise ConnectionResetError()
+
+    monkeypatch.setattr(WeightsEnum, "get_state_dict", reset)
+    with pytest.raises(UserError, match=r"the download failed \(ConnectionResetError\): fetch"):
+        load_resnet_weights(ResNet(depth=18), "imagenet", depth=18)
 
 
 def test_freeze_at_is_checked_before_any_download(hub_dir):
