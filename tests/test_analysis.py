@@ -3,6 +3,7 @@ on small hand-made sets."""
 
 import contextlib
 import io
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -250,3 +251,98 @@ def test_size_bins_over_several_runs_equal_one_range_each():
             e.accumulate()
         p = e.eval["precision"][:, :, :, 0, -1]
         assert sizes["AP"][i] == pytest.approx(100 * p[p > -1].mean()), sizes["bins"][i]
+
+
+def test_ground_truth_of_a_voc_set_and_of_a_coco_set():
+    objects = [
+        {"boxes": np.array([[10, 20, 40, 60], [0, 0, 5, 5]], np.float32), "labels": np.array([1, 0]),
+         "difficult": np.array([False, True])},
+        {"boxes": np.array([[1, 2, 3, 4]], np.float32), "labels": np.array([0]), "difficult": np.array([False])},
+    ]  # fmt: skip
+    voc = SimpleNamespace(
+        kind="voc", class_names=["cat", "dog"], category_ids=[1, 2], image_ids=["000005", "000007"],
+        image_sizes=[(100, 120), None], annotations=lambda i: objects[i],
+    )  # fmt: skip
+    gt = analysis.ground_truth_of(voc)
+    assert gt.coco.dataset == {
+        "images": [{"id": 1, "file_name": "000005.jpg", "height": 100, "width": 120},
+                   {"id": 2, "file_name": "000007.jpg", "height": 0, "width": 0}],
+        "annotations": [
+            {"id": 1, "image_id": 1, "category_id": 2, "bbox": [10, 20, 30, 40], "area": 1200, "iscrowd": 0},
+            {"id": 2, "image_id": 1, "category_id": 1, "bbox": [0, 0, 5, 5], "area": 25, "iscrowd": 1},  # difficult
+            {"id": 3, "image_id": 2, "category_id": 1, "bbox": [1, 2, 2, 2], "area": 4, "iscrowd": 0},
+        ],
+        "categories": [{"id": 1, "name": "cat"}, {"id": 2, "name": "dog"}],
+    }  # fmt: skip
+    assert gt.coco.getAnnIds(imgIds=[1]) == [1, 2]  # indexed
+    assert (gt.image_ids, gt.coco_image_ids, gt.class_names) == (["000005", "000007"], [1, 2], ["cat", "dog"])
+    assert gt.supercategories == ["cat", "dog"] and gt.coco_id_of() == {"000005": 1, "000007": 2}
+    # a COCO-format set: its own ground truth; a class without supercategory is its own
+    coco = make_gt([], 2, [{"id": 1, "name": "cat", "supercategory": "animal"}, {"id": 4, "name": "ox"}]).coco
+    ds = SimpleNamespace(kind="coco", class_names=["cat", "ox"], category_ids=[1, 4], image_ids=[1, 2], coco=coco)
+    gt = analysis.ground_truth_of(ds)
+    assert gt.coco is coco and gt.image_ids == gt.coco_image_ids == [1, 2] and gt.category_ids == [1, 4]
+    assert gt.supercategories == ["animal", "ox"]
+
+
+def test_pr_curves_and_operating_points_worked_by_hand():
+    # cat: 11 detections on nothing, then one on its box (rank 12): precision 1/12 at every recall, but
+    # only with 100 detections per image (with 10 or 1 it is never found).
+    # car: its box B found (0.8), one on nothing (0.7), box C at IoU 2/3 (0.6): at IoU .5 recall .5 with
+    # precision 1 then recall 1 with 2/3; at IoU .75 recall stops at .5. dog: no ground truth.
+    a, b, c = [10, 10, 20, 20], [50, 50, 30, 30], [5, 60, 20, 20]
+    gt = make_gt([{"image_id": 1, "category_id": 1, "bbox": a}, {"image_id": 1, "category_id": 5, "bbox": b},
+                  {"image_id": 1, "category_id": 5, "bbox": c}], 1)  # fmt: skip
+    dets = [{"image_id": 1, "category_id": 1, "bbox": [80, 60, 10, 10], "score": 0.9 - 0.01 * i} for i in range(11)]
+    dets += [
+        {"image_id": 1, "category_id": 1, "bbox": a, "score": 0.3},
+        {"image_id": 1, "category_id": 5, "bbox": b, "score": 0.8},
+        {"image_id": 1, "category_id": 5, "bbox": [90, 5, 20, 15], "score": 0.7},
+        {"image_id": 1, "category_id": 5, "bbox": [5, 60, 20, 30], "score": 0.6},
+    ]
+    _, ev = standard(gt, dets)
+    pr = analysis.pr_curves(gt, ev, score_threshold=0.3)
+    assert pr["recall"] == [i / 100 for i in range(101)] and pr["iou"] == [0.5, 0.75]
+    assert pr["per_class"]["cat"] == {"0.5": [0.0833] * 101, "0.75": [0.0833] * 101}
+    assert pr["per_class"]["car"] == {"0.5": [1.0] * 51 + [0.6667] * 50, "0.75": [1.0] * 51 + [0.0] * 50}
+    assert pr["per_class"]["dog"] == {"0.5": None, "0.75": None}
+    # the mean of cat and car, rounded after averaging: (1/12 + 1) / 2, (1/12 + 2/3) / 2, 1/24
+    assert pr["overall"] == {"0.5": [0.5417] * 51 + [0.375] * 50, "0.75": [0.5417] * 51 + [0.0417] * 50}
+    points = pr["operating_points"]
+    assert points["per_class"]["cat"] == {"0.5": pytest.approx([1.0, 1 / 12]), "0.75": pytest.approx([1.0, 1 / 12])}
+    assert points["per_class"]["car"] == {"0.5": pytest.approx([1.0, 2 / 3]), "0.75": pytest.approx([0.5, 1.0])}
+    assert points["per_class"]["dog"] == {"0.5": None, "0.75": None}
+    assert points["overall"] == {"0.5": pytest.approx([1.0, 0.375]), "0.75": pytest.approx([0.75, 13 / 24])}
+    # threshold 0.5: cat's hit scores 0.3; recall 0 is reached by its first detection (precision there is
+    # COCOeval's envelope, 1/12)
+    points = analysis.pr_curves(gt, ev, score_threshold=0.5)["operating_points"]
+    assert points["per_class"]["cat"]["0.5"] == pytest.approx([0.0, 1 / 12])
+    assert points["overall"]["0.5"] == pytest.approx([0.5, 0.375])
+    # above every score: no operating point, each class counts as [0, 0] in the mean
+    points = analysis.pr_curves(gt, ev, score_threshold=0.95)["operating_points"]
+    assert points["per_class"]["cat"]["0.5"] is None and points["overall"]["0.5"] == [0.0, 0.0]
+    # threshold 0: points where recall is not reached (precision 0, score 0) are not operating points
+    points = analysis.pr_curves(gt, ev, score_threshold=0.0)["operating_points"]
+    assert points["per_class"]["car"]["0.75"] == pytest.approx([0.5, 1.0])
+    # no ground truth at all: nothing to average
+    empty = make_gt([], 1)
+    pr = analysis.pr_curves(empty, standard(empty, [])[1], score_threshold=0.5)
+    assert pr["overall"] == {"0.5": None, "0.75": None}
+    assert pr["operating_points"]["overall"] == {"0.5": None, "0.75": None}
+
+
+def test_confusion_counts_add_up_over_detections_and_images():
+    box = [10, 10, 20, 20]
+    gt = make_gt([{"image_id": i, "category_id": 1, "bbox": box} for i in (1, 2)], 2)
+    dets = []
+    for i in (1, 2):  # per image: a cat found, a cat duplicate, two dogs on nothing
+        dets += [{"image_id": i, "category_id": 1, "bbox": box, "score": 0.9},
+                 {"image_id": i, "category_id": 1, "bbox": [11, 10, 20, 20], "score": 0.8},
+                 {"image_id": i, "category_id": 2, "bbox": [60, 60, 10, 10], "score": 0.7},
+                 {"image_id": i, "category_id": 2, "bbox": [90, 60, 10, 10], "score": 0.7}]  # fmt: skip
+    outcomes = confusion.image_outcomes(gt, dets)
+    matrix = confusion.confusion_matrix(outcomes, 3)
+    assert matrix.dtype == np.int64
+    assert matrix.tolist() == [[2, 0, 0, 0], [0, 0, 0, 0], [0, 0, 0, 0], [2, 4, 0, 0]]
+    counts = confusion.duplicate_counts(outcomes, 3)
+    assert counts == [2, 0, 0] and all(type(n) is int for n in counts)
