@@ -466,16 +466,8 @@ def test_error_curves_count_the_100_best_detections_of_an_image_and_tiny_boxes()
     assert [errors["per_class"]["car"][k] for k in error_breakdown.ERROR_KEYS] == pytest.approx([100] * 7)
 
 
-def test_the_report_runs_the_backend_asked_for(monkeypatch):
-    faster_coco_eval = pytest.importorskip("faster_coco_eval")
-    runs = []
-
-    class Recorded(faster_coco_eval.COCOeval_faster):
-        def evaluate(self):
-            runs.append(self)
-            super().evaluate()
-
-    monkeypatch.setattr(faster_coco_eval, "COCOeval_faster", Recorded)
+def test_the_report_runs_the_backend_asked_for(faster_coco_eval_runs):
+    runs = faster_coco_eval_runs
     gt, dets = random_set(0)
     coco_dt, ev = standard(gt, dets)
     error_breakdown.error_curves(gt, coco_dt, ev, backend="faster_coco_eval")

@@ -241,16 +241,8 @@ def test_faster_coco_eval_gives_the_same_numbers():
     np.testing.assert_allclose(precision_fast, precision_ref, atol=1e-12)  # per-class AP reads this
 
 
-def test_the_backend_asked_for_is_the_one_that_runs(monkeypatch):
-    faster_coco_eval = pytest.importorskip("faster_coco_eval")
-    runs = []
-
-    class Recorded(faster_coco_eval.COCOeval_faster):
-        def evaluate(self):
-            runs.append(self)
-            super().evaluate()
-
-    monkeypatch.setattr(faster_coco_eval, "COCOeval_faster", Recorded)
+def test_the_backend_asked_for_is_the_one_that_runs(faster_coco_eval_runs):
+    runs = faster_coco_eval_runs
     gt, dets = synthetic_gt_and_dets()
     names = [f"c{c}" for c in CATEGORY_IDS]
     evaluator = COCOEvaluator(coco_gt=gt, category_ids=CATEGORY_IDS, class_names=names, backend="faster_coco_eval")
