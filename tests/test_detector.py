@@ -131,6 +131,9 @@ def test_test_size_zero_keeps_the_input_size_and_other_sizes_resize():
     assert model.preprocessor([image], min_size=0, max_size=0)[1] == [(50, 100)]
     assert model.preprocessor([image], min_size=1, max_size=0)[1] == [(1, 2)]
     assert model.train().preprocessor([image])[1] == [(50, 100)]  # training inputs come resized
+    # a float64 image of the same pixels gives the same float32 batch
+    as_double = model.preprocessor([image.double()])[0]
+    assert as_double.dtype == torch.float32 and torch.equal(as_double, model.preprocessor([image])[0])
 
 
 def test_bad_inputs_raise_clear_errors():
