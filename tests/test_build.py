@@ -85,6 +85,10 @@ def test_model_weights_keep_the_tensors_whose_shapes_differ_fresh(tmp_path, capl
     with caplog.at_level(logging.INFO, logger="detkit"):
         build_model(load_config(None, BASE + ["model.num_classes=3", f"model.weights={path}"]))
     assert f"tensors from {path}; new: none" in caplog.text
+    other = tmp_path / "other.pth"
+    torch.save({"model": {"head.weight": torch.zeros(2, 2)}}, other)
+    with pytest.raises(UserError, match=f"model.weights={other}: no layer of the checkpoint fits this model"):
+        build_model(load_config(None, BASE + ["model.num_classes=3", f"model.weights={other}"]))
 
 
 def test_resolve_device(monkeypatch):
