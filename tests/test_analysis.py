@@ -306,6 +306,8 @@ def test_pr_curves_and_operating_points_worked_by_hand():
     assert pr["per_class"]["cat"] == {"0.5": [0.0833] * 101, "0.75": [0.0833] * 101}
     assert pr["per_class"]["car"] == {"0.5": [1.0] * 51 + [0.6667] * 50, "0.75": [1.0] * 51 + [0.0] * 50}
     assert pr["per_class"]["dog"] == {"0.5": None, "0.75": None}
+    table = analysis.per_class_table(gt, ev, dets)
+    assert table["cat"]["AP50"] == pytest.approx(100 / 12) and table["cat"]["num_det"] == 12
     # the mean of cat and car, rounded after averaging: (1/12 + 1) / 2, (1/12 + 2/3) / 2, 1/24
     assert pr["overall"] == {"0.5": [0.5417] * 51 + [0.375] * 50, "0.75": [0.5417] * 51 + [0.0417] * 50}
     points = pr["operating_points"]
@@ -346,3 +348,129 @@ def test_confusion_counts_add_up_over_detections_and_images():
     assert matrix.tolist() == [[2, 0, 0, 0], [0, 0, 0, 0], [0, 0, 0, 0], [2, 4, 0, 0]]
     counts = confusion.duplicate_counts(outcomes, 3)
     assert counts == [2, 0, 0] and all(type(n) is int for n in counts)
+
+
+def test_match_image_at_the_iou_boundary_in_score_order():
+    cat_box, crowd, dog_box = [0, 0, 20, 10], [100, 0, 10, 10], [50, 50, 20, 20]
+    dets = [  # (box, label, score), not in score order
+        ([50, 50, 20, 10], 1, 0.5),  # IoU exactly 0.5 with the dog: found
+        ([95, 0, 10, 10], 0, 0.7),  # half inside the crowd region: ignored
+        (cat_box, 0, 0.9),  # the cat
+        (cat_box, 1, 0.6),  # a dog on the found cat: a false positive, not a duplicate
+        ([0, 0, 10, 10], 0, 0.8),  # IoU exactly 0.5 with the found cat: a duplicate
+    ]
+    boxes, labels, scores = zip(*dets)
+    o = confusion.match_image(7, [cat_box, crowd, dog_box], [0, 0, 1], [False, True, False], boxes, labels, scores)
+    assert o.det_scores.tolist() == [0.9, 0.8, 0.7, 0.6, 0.5]
+    assert o.det_status == ["TP", "FP-dup", "ignored", "FP", "TP"]
+    assert o.det_match.tolist() == [0, -1, -1, -1, 2]
+    assert o.gt_status == ["TP", "crowd", "TP"]
+    assert o.gt_areas.tolist() == [200, 100, 400]  # w * h by default
+    given = confusion.match_image(7, [cat_box], [0], [False], [], [], [], gt_areas=[150.0])
+    assert given.gt_areas.tolist() == [150.0] and given.gt_status == ["FN"]
+
+
+def test_match_image_keeps_tied_scores_in_their_order():
+    scores = (np.random.default_rng(0).integers(0, 3, 40) / 2).tolist()  # many ties
+    boxes = [[3.0 * i, 0.0, 2.0, 2.0] for i in range(40)]
+    o = confusion.match_image(1, [], [], [], boxes, [0] * 40, scores)
+    expected = sorted(range(40), key=lambda i: -scores[i])  # sorted() is stable
+    assert o.det_boxes[:, 0].tolist() == [boxes[i][0] for i in expected]
+
+
+def test_recall_by_size_bins_include_both_edges():
+    boxes = {
+        "b1": ([0, 0, 32, 32], True),  # area 1024 = 32^2: in both bins around 32
+        "b2": ([40, 0, 40, 50], False),  # area 2000
+        "b4": ([0, 40, 10, 10], False),  # area 100
+        "b5": ([20, 40, 20, 20], True),  # area 400
+    }
+    gt = [b for b, _ in boxes.values()] + [[100, 0, 10, 10]]  # and a crowd region of area 100
+    found = [b for b, hit in boxes.values() if hit]
+    o = confusion.match_image(1, gt, [0] * 5, [False] * 4 + [True], found, [0] * len(found), [0.9] * len(found))
+    recall = confusion.recall_by_size([o], (0, 32, 96, 1e5))
+    assert recall == [pytest.approx(200 / 3), pytest.approx(50.0), None]  # b1, b4, b5 | b1, b2 | none
+    empty_image = confusion.match_image(2, [], [], [], [], [], [])
+    assert confusion.recall_by_size([empty_image], (0, 32)) == [None]
+    assert confusion.recall_by_size([], (0, 32)) == [None]
+
+
+def test_size_view_fills_every_bin_and_counts_edge_boxes_in_both():
+    sides = [6, 14, 20, 28, 32, 40, 56, 80, 112, 200, 300]  # one box per bin, 32 on an edge
+    gt = make_gt([{"image_id": i + 1, "category_id": 1, "bbox": [0, 0, s, s]} for i, s in enumerate(sides)], len(sides))
+    dets = [{"image_id": i + 1, "category_id": 1, "bbox": [0, 0, s, s], "score": 0.9} for i, s in enumerate(sides)]
+    sizes = analysis.size_view(gt, analysis.detections_coco(gt, dets))  # 10 bins: three COCOeval runs
+    assert sizes["bins"] == ["0-12", "12-16", "16-24", "24-32", "32-48", "48-64", "64-96", "96-128", "128-256", ">256"]
+    assert sizes["num_gt"] == [1, 1, 1, 2, 2, 1, 1, 1, 1, 1]
+    for key in ("AP", "AP50", "recall50"):
+        assert sizes[key] == [pytest.approx(100.0)] * 10, key
+
+
+OWL = {"id": 3, "name": "owl", "supercategory": "animal"}
+
+
+def test_error_breakdown_worked_by_hand_with_one_supercategory():
+    # cat, dog, owl all animals (Oth is Sim); owl has no ground truth. Image 1: cat A, dog D; image 2:
+    # cat B, never detected. Cat detections: on D (0.95), on nothing (0.93), on A (0.9): precision 1/3
+    # at recall 1/2; Sim ignores the one on D: 1/2; BG ignores the other: 1 up to recall 1/2, 0 beyond.
+    a, d, b = [10, 10, 20, 20], [60, 10, 30, 40], [10, 10, 20, 20]
+    gt = make_gt([{"image_id": 1, "category_id": 1, "bbox": a}, {"image_id": 1, "category_id": 2, "bbox": d},
+                  {"image_id": 2, "category_id": 1, "bbox": b}], 2, CATEGORIES[:2] + [OWL])  # fmt: skip
+    dets = [{"image_id": 1, "category_id": 1, "bbox": d, "score": 0.95},
+            {"image_id": 1, "category_id": 1, "bbox": [20, 60, 10, 10], "score": 0.93},
+            {"image_id": 1, "category_id": 1, "bbox": a, "score": 0.9},
+            {"image_id": 1, "category_id": 3, "bbox": a, "score": 0.7}]  # fmt: skip
+    coco_dt, ev = standard(gt, dets)
+    curves = error_breakdown.error_curves(gt, coco_dt, ev)
+    for key in ("BG", "FN"):
+        assert (curves[key][:, 2] == -1).all(), key  # owl: no ground truth
+    errors = error_breakdown.error_breakdown(gt, curves)
+    reached = 51 / 101  # recall points 0 .. 0.5
+    cat = [100 * reached / 3] * 3 + [100 * reached / 2] * 2 + [100 * reached, 100]
+    assert [errors["per_class"]["cat"][k] for k in error_breakdown.ERROR_KEYS] == pytest.approx(cat)
+    assert [errors["per_class"]["dog"][k] for k in error_breakdown.ERROR_KEYS] == [0, 0, 0, 0, 0, 0, 100]
+    assert errors["per_class"]["owl"] == dict.fromkeys(error_breakdown.ERROR_KEYS)
+    overall = [(c + g) / 2 for c, g in zip(cat, [0, 0, 0, 0, 0, 0, 100])]  # owl left out
+    assert [errors["overall"][k] for k in error_breakdown.ERROR_KEYS] == pytest.approx(overall)
+    drawn = errors["curves"]
+    assert drawn["per_class"]["cat"]["Loc"] == [0.3333] * 51 + [0.0] * 50
+    assert drawn["per_class"]["cat"]["BG"] == [1.0] * 51 + [0.0] * 50
+    assert drawn["per_class"]["owl"] == dict.fromkeys(error_breakdown.ERROR_KEYS)
+    assert drawn["overall"]["Loc"] == [0.1667] * 51 + [0.0] * 50
+    assert drawn["overall"]["FN"] == [1.0] * 101
+    # a set without any ground truth: nothing to average
+    empty = make_gt([], 1)
+    coco_dt, ev = standard(empty, [])
+    errors = error_breakdown.error_breakdown(empty, error_breakdown.error_curves(empty, coco_dt, ev))
+    assert errors["overall"] == dict.fromkeys(error_breakdown.ERROR_KEYS)
+    assert errors["curves"]["overall"] == dict.fromkeys(error_breakdown.ERROR_KEYS)
+
+
+def test_error_curves_count_the_100_best_detections_of_an_image_and_tiny_boxes():
+    # image 1: 100 cats on nothing, then the cat (rank 101, not counted); image 2: 11 dogs on nothing, then
+    # the dog (rank 12: precision 1/12, lost if only 10 counted); image 3: a car of 0.5 x 0.5 px, found.
+    cat, dog, car = [10, 10, 20, 20], [60, 10, 30, 40], [5, 5, 0.5, 0.5]
+    gt = make_gt([{"image_id": 1, "category_id": 1, "bbox": cat}, {"image_id": 2, "category_id": 2, "bbox": dog},
+                  {"image_id": 3, "category_id": 5, "bbox": car}], 3)  # fmt: skip
+    dets = [{"image_id": 1, "category_id": 1, "bbox": [50, 60, 10, 10], "score": 0.99 - 0.001 * i} for i in range(100)]
+    dets += [{"image_id": 2, "category_id": 2, "bbox": [0, 60, 10, 10], "score": 0.99 - 0.01 * i} for i in range(11)]
+    dets += [{"image_id": 1, "category_id": 1, "bbox": cat, "score": 0.5},
+             {"image_id": 2, "category_id": 2, "bbox": dog, "score": 0.5},
+             {"image_id": 3, "category_id": 5, "bbox": car, "score": 0.5}]  # fmt: skip
+    coco_dt, ev = standard(gt, dets)
+    errors = error_breakdown.error_breakdown(gt, error_breakdown.error_curves(gt, coco_dt, ev))
+    assert [errors["per_class"]["cat"][k] for k in error_breakdown.ERROR_KEYS] == [0, 0, 0, 0, 0, 0, 100]
+    assert [errors["per_class"]["dog"][k] for k in error_breakdown.ERROR_KEYS] == pytest.approx(
+        [100 / 12] * 5 + [100, 100]
+    )
+    assert [errors["per_class"]["car"][k] for k in error_breakdown.ERROR_KEYS] == pytest.approx([100] * 7)
+
+
+def test_the_report_runs_the_backend_asked_for(faster_coco_eval_runs):
+    runs = faster_coco_eval_runs
+    gt, dets = random_set(0)
+    coco_dt, ev = standard(gt, dets)
+    error_breakdown.error_curves(gt, coco_dt, ev, backend="faster_coco_eval")
+    assert len(runs) == 6  # Loc; Sim and Oth of cat and of dog; Oth of car (alone in its supercategory)
+    analysis.size_view(gt, coco_dt, backend="faster_coco_eval", edges=(0, 32, 96, 1e5))
+    assert len(runs) == 7

@@ -19,6 +19,7 @@ from detkit.errors import UserError
 from detkit.engine.saved_results import metrics_path_for
 from detkit.evaluation.build import build_evaluator
 from detkit.evaluation.coco import COCOEvaluator, cocoeval_stats, evaluate_results, make_cocoeval
+from detkit.evaluation import provenance
 from detkit.evaluation.provenance import read_sidecar, sidecar_path, write_sidecar
 from detkit.evaluation.submission import (
     format_submission,
@@ -183,8 +184,25 @@ def test_sidecar_round_trip(tmp_path):
     assert meta["file"] == "detections.json" and meta["config"] == "configs/x.yaml"
     assert meta["weights"] == "model_final.pth" and meta["detkit_version"] and meta["created"].endswith("+00:00")
     assert read_sidecar(tmp_path / "other.json") is None
+    sidecar_path(tmp_path / "list.json").write_text("[1]")  # valid JSON, not a sidecar
+    assert read_sidecar(tmp_path / "list.json") is None
     assert metrics_path_for(path) == tmp_path / "metrics.json"
     assert metrics_path_for(tmp_path / "detections_1.json") == tmp_path / "metrics_1.json"
+
+
+def test_sidecar_records_the_git_commit_of_the_checkout(tmp_path):
+    here = Path(provenance.__file__).resolve().parent
+
+    def git(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run(["git", "-C", str(here), *args], capture_output=True, text=True, timeout=30)
+
+    head = git("rev-parse", "HEAD")
+    if head.returncode != 0:
+        pytest.skip("detkit is not imported from a git checkout")
+    dirty = git("status", "--porcelain", "--untracked-files=no").stdout.strip()
+    write_sidecar(tmp_path / "x.json")
+    commit = read_sidecar(tmp_path / "x.json")["git_commit"]
+    assert commit == head.stdout.strip() + ("+dirty" if dirty else "") and len(head.stdout.strip()) == 40
 
 
 def synthetic_gt_and_dets(seed: int = 0) -> tuple[COCO, list[dict]]:
@@ -223,16 +241,8 @@ def test_faster_coco_eval_gives_the_same_numbers():
     np.testing.assert_allclose(precision_fast, precision_ref, atol=1e-12)  # per-class AP reads this
 
 
-def test_the_backend_asked_for_is_the_one_that_runs(monkeypatch):
-    faster_coco_eval = pytest.importorskip("faster_coco_eval")
-    runs = []
-
-    class Recorded(faster_coco_eval.COCOeval_faster):
-        def evaluate(self):
-            runs.append(self)
-            super().evaluate()
-
-    monkeypatch.setattr(faster_coco_eval, "COCOeval_faster", Recorded)
+def test_the_backend_asked_for_is_the_one_that_runs(faster_coco_eval_runs):
+    runs = faster_coco_eval_runs
     gt, dets = synthetic_gt_and_dets()
     names = [f"c{c}" for c in CATEGORY_IDS]
     evaluator = COCOEvaluator(coco_gt=gt, category_ids=CATEGORY_IDS, class_names=names, backend="faster_coco_eval")
@@ -243,6 +253,21 @@ def test_the_backend_asked_for_is_the_one_that_runs(monkeypatch):
     assert len(runs) == 3
     dataset = SimpleNamespace(kind="coco", has_annotations=True, coco=gt, category_ids=CATEGORY_IDS, class_names=names)
     assert build_evaluator(dataset, backend="faster_coco_eval").backend == "faster_coco_eval"
+
+
+def test_build_evaluator_by_kind():
+    gt, _ = synthetic_gt_and_dets()
+    names = [f"c{c}" for c in CATEGORY_IDS]
+    coco = SimpleNamespace(kind="shapes", has_annotations=True, coco=gt, category_ids=CATEGORY_IDS, class_names=names)
+    evaluator = build_evaluator(coco)
+    assert isinstance(evaluator, COCOEvaluator) and evaluator.coco_gt is gt and evaluator.backend == "pycocotools"
+    assert evaluator.category_ids == CATEGORY_IDS and evaluator.class_names == names
+    voc = SimpleNamespace(kind="voc", annotations=lambda image_id: {}, class_names=["cat", "dog"], year=2007)
+    evaluator = build_evaluator(voc)
+    assert (evaluator.year, evaluator.use_11_point, evaluator.class_names) == (2007, True, ["cat", "dog"])
+    assert build_evaluator(SimpleNamespace(**vars(voc) | {"year": 2012})).use_11_point is False
+    assert build_evaluator(SimpleNamespace(**vars(coco) | {"has_annotations": False})) is None  # test-dev image info
+    assert build_evaluator(SimpleNamespace(kind="concat")) is None
 
 
 def test_unknown_backend_is_a_user_error():
