@@ -139,7 +139,7 @@ def test_test_size_zero_keeps_the_input_size_and_other_sizes_resize():
 def test_bad_inputs_raise_clear_errors():
     model = tiny_model()
     for shape in [(1, 20, 30), (3, 20, 30, 1)]:
-        with pytest.raises(ValueError, match=rf"image 0 must be a \(3, H, W\) RGB tensor, got shape \({shape[0]}, 20, 30"):
+        with pytest.raises(ValueError, match=rf"^image 0 must be a \(3, H, W\) RGB tensor, got shape \({shape[0]}, 20, 30"):
             model.eval()([torch.zeros(shape, dtype=torch.uint8)])
-    with pytest.raises(ValueError, match="FasterRCNN needs targets in training mode"):
+    with pytest.raises(ValueError, match="^FasterRCNN needs targets in training mode$"):
         model.train()([torch.zeros(3, 20, 30, dtype=torch.uint8)])
