@@ -467,6 +467,8 @@ def test_error_curves_count_the_100_best_detections_of_an_image_and_tiny_boxes()
         [100 / 12] * 5 + [100, 100]
     )
     assert [errors["per_class"]["car"][k] for k in error_breakdown.ERROR_KEYS] == pytest.approx([100] * 7)
+    # the size view counts the same 100: recall at IoU .5 is 0 for cat, 1 for dog and car
+    assert analysis.size_view(gt, coco_dt, edges=(0, 1e5))["recall50"] == [pytest.approx(200 / 3)]
 
 
 def test_the_report_runs_the_backend_asked_for(faster_coco_eval_runs):
