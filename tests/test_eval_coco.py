@@ -195,3 +195,16 @@ def test_process_takes_plain_and_numpy_image_ids():
         evaluator.process([{"image_id": 20}] * 2, [out])
     with pytest.raises(ValueError, match=r"COCOEvaluator.evaluate\(\) called before any process\(\)"):
         COCOEvaluator(coco_gt=coco_gt, category_ids=CATEGORY_IDS, class_names=CLASS_NAMES).evaluate()
+
+
+def test_an_area_range_without_ground_truth_is_none():
+    coco_gt = make_gt()
+    small = [a for a in coco_gt.dataset["annotations"] if a["area"] < 32**2]  # medium and large left out
+    coco_gt.dataset["annotations"] = small
+    with contextlib.redirect_stdout(io.StringIO()):
+        coco_gt.createIndex()
+    dets = [{"image_id": a["image_id"], "category_id": a["category_id"], "bbox": a["bbox"], "score": 0.9} for a in small]
+    with contextlib.redirect_stdout(io.StringIO()):
+        metrics = evaluate_results(coco_gt, dets, CLASS_NAMES, CATEGORY_IDS)
+    assert metrics["APm"] is None and metrics["APl"] is None
+    assert metrics["AP"] == pytest.approx(100.0) and metrics["APs"] == pytest.approx(100.0)
