@@ -8,7 +8,7 @@ from torchvision.ops import FrozenBatchNorm2d
 
 from detkit import build_model, load_config
 from detkit.errors import UserError
-from detkit.modeling.build import load_detector
+from detkit.modeling.build import load_detector, resolve_device
 from tests.conftest import as_overrides, tiny_config_dict
 
 # the tiny detector with the fc head, class count left unset
@@ -85,3 +85,19 @@ def test_model_weights_keep_the_tensors_whose_shapes_differ_fresh(tmp_path, capl
     with caplog.at_level(logging.INFO, logger="detkit"):
         build_model(load_config(None, BASE + ["model.num_classes=3", f"model.weights={path}"]))
     assert f"tensors from {path}; new: none" in caplog.text
+    other = tmp_path / "other.pth"
+    torch.save({"model": {"head.weight": torch.zeros(2, 2)}}, other)
+    with pytest.raises(UserError, match=f"model.weights={other}: no layer of the checkpoint fits this model"):
+        build_model(load_config(None, BASE + ["model.num_classes=3", f"model.weights={other}"]))
+
+
+def test_resolve_device(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert resolve_device("auto") == torch.device("cpu") and resolve_device("cpu") == torch.device("cpu")
+    for name in ("cuda", "cuda:1"):
+        with pytest.raises(UserError, match=f"model.device={name} but CUDA is not available here; use model.device=cpu or auto"):
+            resolve_device(name)
+    with pytest.raises(UserError, match="model.device='gpu' is not a device; use cpu, cuda, cuda:N or auto"):
+        resolve_device("gpu")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert resolve_device("auto") == torch.device("cuda") and resolve_device("cuda:1") == torch.device("cuda", 1)

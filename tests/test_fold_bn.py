@@ -48,6 +48,9 @@ def test_fold_keeps_every_convolution_setting_and_its_bias():
     assert isinstance(model[1], torch.nn.Identity) and fused.bias is not None
     assert (fused.stride, fused.padding, fused.dilation, fused.groups) == ((2, 2), (2, 2), (2, 2), 2)
     torch.testing.assert_close(got, expected, rtol=0, atol=1e-5)
+    # a norm after a non-linearity, or a convolution followed by something else, is not a foldable pair
+    after_relu = torch.nn.Sequential(torch.nn.Conv2d(4, 6, 1), torch.nn.ReLU(), FrozenBatchNorm2d(6))
+    assert fold_frozen_bn(after_relu) == 0 and isinstance(after_relu[2], FrozenBatchNorm2d)
 
 
 def test_fold_counts_every_pair_of_a_resnet():

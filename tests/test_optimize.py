@@ -62,6 +62,13 @@ def test_amp_is_a_no_op_on_cpu():
     assert model.amp_dtype is None  # CUDA only: the same config runs on a CPU unchanged
 
 
+def test_no_switch_no_change():
+    model = frozen_model().train()
+    backbone = model.backbone
+    assert optimize_for_inference(model) is model and not model.training
+    assert model.backbone is backbone and any(isinstance(m, FrozenBatchNorm2d) for m in model.modules())
+
+
 def test_pooling_and_proposals_stay_float32_under_autocast():
     feature = torch.randn(1, 8, 20, 30)
     boxes = [torch.tensor([[100.3, 50.7, 301.9, 210.2], [17.0, 33.0, 90.5, 88.25]])]
