@@ -489,3 +489,12 @@ def test_image_outcomes_read_the_annotations_area_crowd_flag_and_thresholds():
     assert o.image_id == 1 and o.gt_status == ["TP"] and o.gt_areas.tolist() == [150.0]  # the annotated area
     (o,) = confusion.image_outcomes(gt, dets, iou=0.75, score_threshold=0.5)
     assert o.gt_status == ["FN"] and o.det_status == ["FP"]
+
+
+def test_evaluated_boxes_leave_out_crowds_other_images_and_classes():
+    box = [10, 10, 20, 20]
+    coco = make_gt([{"image_id": 1, "category_id": 1, "bbox": box}, {"image_id": 1, "category_id": 1, "bbox": box, "iscrowd": 1},
+                    {"image_id": 2, "category_id": 1, "bbox": box}, {"image_id": 1, "category_id": 5, "bbox": box}], 2).coco  # fmt: skip
+    del coco.anns[1]["iscrowd"]  # optional: not a crowd region
+    gt = analysis.GroundTruth(coco, [1], [1], ["cat", "dog"], [1, 2], ["animal", "animal"])  # image 1, no car
+    assert [a["id"] for a in analysis.evaluated_boxes(gt)] == [1]
