@@ -11,7 +11,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def run_tool(*args, env=None):
     return subprocess.run([sys.executable, "tools/recipe_search.py", *map(str, args)], capture_output=True,
-                          text=True, cwd=ROOT, timeout=300, env=env)  # fmt: skip
+                          text=True, cwd=ROOT, timeout=900, env=env)  # fmt: skip
 
 
 def test_recipe_runs_each_variant_resumes_and_tabulates(tiny_config, tmp_path, monkeypatch):
