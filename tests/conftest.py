@@ -6,6 +6,7 @@
                         evaluation); obj_xml / annotation_xml / make_voc (VOCdevkit folders)
     other files         write_video / read_video, python2_pickle
     models              randomise_frozen_bn
+    evaluation          faster_coco_eval_runs (which COCOeval runs used the faster_coco_eval backend)
 """
 
 import json
@@ -275,3 +276,18 @@ def randomise_frozen_bn(model, seed=0):
             m.bias.copy_(torch.randn(n, generator=g) * 0.1)
             m.running_mean.copy_(torch.randn(n, generator=g) * 0.1)
             m.running_var.copy_(torch.rand(n, generator=g) + 0.5)
+
+
+@pytest.fixture
+def faster_coco_eval_runs(monkeypatch) -> list:
+    """The faster_coco_eval COCOeval objects evaluated during the test, in order (skips without the package)."""
+    faster_coco_eval = pytest.importorskip("faster_coco_eval")
+    runs = []
+
+    class Recorded(faster_coco_eval.COCOeval_faster):
+        def evaluate(self):
+            runs.append(self)
+            super().evaluate()
+
+    monkeypatch.setattr(faster_coco_eval, "COCOeval_faster", Recorded)
+    return runs

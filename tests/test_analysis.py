@@ -3,6 +3,7 @@ on small hand-made sets."""
 
 import contextlib
 import io
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -250,3 +251,226 @@ def test_size_bins_over_several_runs_equal_one_range_each():
             e.accumulate()
         p = e.eval["precision"][:, :, :, 0, -1]
         assert sizes["AP"][i] == pytest.approx(100 * p[p > -1].mean()), sizes["bins"][i]
+
+
+def test_ground_truth_of_a_voc_set_and_of_a_coco_set():
+    objects = [
+        {"boxes": np.array([[10, 20, 40, 60], [0, 0, 5, 5]], np.float32), "labels": np.array([1, 0]),
+         "difficult": np.array([False, True])},
+        {"boxes": np.array([[1, 2, 3, 4]], np.float32), "labels": np.array([0]), "difficult": np.array([False])},
+    ]  # fmt: skip
+    voc = SimpleNamespace(
+        kind="voc", class_names=["cat", "dog"], category_ids=[1, 2], image_ids=["000005", "000007"],
+        image_sizes=[(100, 120), None], annotations=lambda i: objects[i],
+    )  # fmt: skip
+    gt = analysis.ground_truth_of(voc)
+    assert gt.coco.dataset == {
+        "images": [{"id": 1, "file_name": "000005.jpg", "height": 100, "width": 120},
+                   {"id": 2, "file_name": "000007.jpg", "height": 0, "width": 0}],
+        "annotations": [
+            {"id": 1, "image_id": 1, "category_id": 2, "bbox": [10, 20, 30, 40], "area": 1200, "iscrowd": 0},
+            {"id": 2, "image_id": 1, "category_id": 1, "bbox": [0, 0, 5, 5], "area": 25, "iscrowd": 1},  # difficult
+            {"id": 3, "image_id": 2, "category_id": 1, "bbox": [1, 2, 2, 2], "area": 4, "iscrowd": 0},
+        ],
+        "categories": [{"id": 1, "name": "cat"}, {"id": 2, "name": "dog"}],
+    }  # fmt: skip
+    assert gt.coco.getAnnIds(imgIds=[1]) == [1, 2]  # indexed
+    assert (gt.image_ids, gt.coco_image_ids, gt.class_names) == (["000005", "000007"], [1, 2], ["cat", "dog"])
+    assert gt.supercategories == ["cat", "dog"] and gt.coco_id_of() == {"000005": 1, "000007": 2}
+    # a COCO-format set: its own ground truth; a class without supercategory is its own
+    coco = make_gt([], 2, [{"id": 1, "name": "cat", "supercategory": "animal"}, {"id": 4, "name": "ox"}]).coco
+    ds = SimpleNamespace(kind="coco", class_names=["cat", "ox"], category_ids=[1, 4], image_ids=[1, 2], coco=coco)
+    gt = analysis.ground_truth_of(ds)
+    assert gt.coco is coco and gt.image_ids == gt.coco_image_ids == [1, 2] and gt.category_ids == [1, 4]
+    assert gt.supercategories == ["animal", "ox"]
+
+
+def test_pr_curves_and_operating_points_worked_by_hand():
+    # cat: 11 detections on nothing, then one on its box (rank 12): precision 1/12 at every recall, but
+    # only with 100 detections per image (with 10 or 1 it is never found).
+    # car: its box B found (0.8), one on nothing (0.7), box C at IoU 2/3 (0.6): at IoU .5 recall .5 with
+    # precision 1 then recall 1 with 2/3; at IoU .75 recall stops at .5. dog: no ground truth.
+    a, b, c = [10, 10, 20, 20], [50, 50, 30, 30], [5, 60, 20, 20]
+    gt = make_gt([{"image_id": 1, "category_id": 1, "bbox": a}, {"image_id": 1, "category_id": 5, "bbox": b},
+                  {"image_id": 1, "category_id": 5, "bbox": c}], 1)  # fmt: skip
+    dets = [{"image_id": 1, "category_id": 1, "bbox": [80, 60, 10, 10], "score": 0.9 - 0.01 * i} for i in range(11)]
+    dets += [
+        {"image_id": 1, "category_id": 1, "bbox": a, "score": 0.3},
+        {"image_id": 1, "category_id": 5, "bbox": b, "score": 0.8},
+        {"image_id": 1, "category_id": 5, "bbox": [90, 5, 20, 15], "score": 0.7},
+        {"image_id": 1, "category_id": 5, "bbox": [5, 60, 20, 30], "score": 0.6},
+    ]
+    _, ev = standard(gt, dets)
+    pr = analysis.pr_curves(gt, ev, score_threshold=0.3)
+    assert pr["recall"] == [i / 100 for i in range(101)] and pr["iou"] == [0.5, 0.75]
+    assert pr["per_class"]["cat"] == {"0.5": [0.0833] * 101, "0.75": [0.0833] * 101}
+    assert pr["per_class"]["car"] == {"0.5": [1.0] * 51 + [0.6667] * 50, "0.75": [1.0] * 51 + [0.0] * 50}
+    assert pr["per_class"]["dog"] == {"0.5": None, "0.75": None}
+    table = analysis.per_class_table(gt, ev, dets)
+    assert table["cat"]["AP50"] == pytest.approx(100 / 12) and table["cat"]["num_det"] == 12
+    # the mean of cat and car, rounded after averaging: (1/12 + 1) / 2, (1/12 + 2/3) / 2, 1/24
+    assert pr["overall"] == {"0.5": [0.5417] * 51 + [0.375] * 50, "0.75": [0.5417] * 51 + [0.0417] * 50}
+    points = pr["operating_points"]
+    assert points["per_class"]["cat"] == {"0.5": pytest.approx([1.0, 1 / 12]), "0.75": pytest.approx([1.0, 1 / 12])}
+    assert points["per_class"]["car"] == {"0.5": pytest.approx([1.0, 2 / 3]), "0.75": pytest.approx([0.5, 1.0])}
+    assert points["per_class"]["dog"] == {"0.5": None, "0.75": None}
+    assert points["overall"] == {"0.5": pytest.approx([1.0, 0.375]), "0.75": pytest.approx([0.75, 13 / 24])}
+    # threshold 0.5: cat's hit scores 0.3; recall 0 is reached by its first detection (precision there is
+    # COCOeval's envelope, 1/12)
+    points = analysis.pr_curves(gt, ev, score_threshold=0.5)["operating_points"]
+    assert points["per_class"]["cat"]["0.5"] == pytest.approx([0.0, 1 / 12])
+    assert points["overall"]["0.5"] == pytest.approx([0.5, 0.375])
+    # above every score: no operating point, each class counts as [0, 0] in the mean
+    points = analysis.pr_curves(gt, ev, score_threshold=0.95)["operating_points"]
+    assert points["per_class"]["cat"]["0.5"] is None and points["overall"]["0.5"] == [0.0, 0.0]
+    # threshold 0: points where recall is not reached (precision 0, score 0) are not operating points
+    points = analysis.pr_curves(gt, ev, score_threshold=0.0)["operating_points"]
+    assert points["per_class"]["car"]["0.75"] == pytest.approx([0.5, 1.0])
+    # no ground truth at all: nothing to average
+    empty = make_gt([], 1)
+    pr = analysis.pr_curves(empty, standard(empty, [])[1], score_threshold=0.5)
+    assert pr["overall"] == {"0.5": None, "0.75": None}
+    assert pr["operating_points"]["overall"] == {"0.5": None, "0.75": None}
+
+
+def test_confusion_counts_add_up_over_detections_and_images():
+    box = [10, 10, 20, 20]
+    gt = make_gt([{"image_id": i, "category_id": 1, "bbox": box} for i in (1, 2)], 2)
+    dets = []
+    for i in (1, 2):  # per image: a cat found, a cat duplicate, two dogs on nothing
+        dets += [{"image_id": i, "category_id": 1, "bbox": box, "score": 0.9},
+                 {"image_id": i, "category_id": 1, "bbox": [11, 10, 20, 20], "score": 0.8},
+                 {"image_id": i, "category_id": 2, "bbox": [60, 60, 10, 10], "score": 0.7},
+                 {"image_id": i, "category_id": 2, "bbox": [90, 60, 10, 10], "score": 0.7}]  # fmt: skip
+    outcomes = confusion.image_outcomes(gt, dets)
+    matrix = confusion.confusion_matrix(outcomes, 3)
+    assert matrix.dtype == np.int64
+    assert matrix.tolist() == [[2, 0, 0, 0], [0, 0, 0, 0], [0, 0, 0, 0], [2, 4, 0, 0]]
+    counts = confusion.duplicate_counts(outcomes, 3)
+    assert counts == [2, 0, 0] and all(type(n) is int for n in counts)
+
+
+def test_match_image_at_the_iou_boundary_in_score_order():
+    cat_box, crowd, dog_box = [0, 0, 20, 10], [100, 0, 10, 10], [50, 50, 20, 20]
+    dets = [  # (box, label, score), not in score order
+        ([50, 50, 20, 10], 1, 0.5),  # IoU exactly 0.5 with the dog: found
+        ([95, 0, 10, 10], 0, 0.7),  # half inside the crowd region: ignored
+        (cat_box, 0, 0.9),  # the cat
+        (cat_box, 1, 0.6),  # a dog on the found cat: a false positive, not a duplicate
+        ([0, 0, 10, 10], 0, 0.8),  # IoU exactly 0.5 with the found cat: a duplicate
+    ]
+    boxes, labels, scores = zip(*dets)
+    o = confusion.match_image(7, [cat_box, crowd, dog_box], [0, 0, 1], [False, True, False], boxes, labels, scores)
+    assert o.det_scores.tolist() == [0.9, 0.8, 0.7, 0.6, 0.5]
+    assert o.det_status == ["TP", "FP-dup", "ignored", "FP", "TP"]
+    assert o.det_match.tolist() == [0, -1, -1, -1, 2]
+    assert o.gt_status == ["TP", "crowd", "TP"]
+    assert o.gt_areas.tolist() == [200, 100, 400]  # w * h by default
+    given = confusion.match_image(7, [cat_box], [0], [False], [], [], [], gt_areas=[150.0])
+    assert given.gt_areas.tolist() == [150.0] and given.gt_status == ["FN"]
+
+
+def test_match_image_keeps_tied_scores_in_their_order():
+    scores = (np.random.default_rng(0).integers(0, 3, 40) / 2).tolist()  # many ties
+    boxes = [[3.0 * i, 0.0, 2.0, 2.0] for i in range(40)]
+    o = confusion.match_image(1, [], [], [], boxes, [0] * 40, scores)
+    expected = sorted(range(40), key=lambda i: -scores[i])  # sorted() is stable
+    assert o.det_boxes[:, 0].tolist() == [boxes[i][0] for i in expected]
+
+
+def test_recall_by_size_bins_include_both_edges():
+    boxes = {
+        "b1": ([0, 0, 32, 32], True),  # area 1024 = 32^2: in both bins around 32
+        "b2": ([40, 0, 40, 50], False),  # area 2000
+        "b4": ([0, 40, 10, 10], False),  # area 100
+        "b5": ([20, 40, 20, 20], True),  # area 400
+    }
+    gt = [b for b, _ in boxes.values()] + [[100, 0, 10, 10]]  # and a crowd region of area 100
+    found = [b for b, hit in boxes.values() if hit]
+    o = confusion.match_image(1, gt, [0] * 5, [False] * 4 + [True], found, [0] * len(found), [0.9] * len(found))
+    recall = confusion.recall_by_size([o], (0, 32, 96, 1e5))
+    assert recall == [pytest.approx(200 / 3), pytest.approx(50.0), None]  # b1, b4, b5 | b1, b2 | none
+    empty_image = confusion.match_image(2, [], [], [], [], [], [])
+    assert confusion.recall_by_size([empty_image], (0, 32)) == [None]
+    assert confusion.recall_by_size([], (0, 32)) == [None]
+
+
+def test_size_view_fills_every_bin_and_counts_edge_boxes_in_both():
+    sides = [6, 14, 20, 28, 32, 40, 56, 80, 112, 200, 300]  # one box per bin, 32 on an edge
+    gt = make_gt([{"image_id": i + 1, "category_id": 1, "bbox": [0, 0, s, s]} for i, s in enumerate(sides)], len(sides))
+    dets = [{"image_id": i + 1, "category_id": 1, "bbox": [0, 0, s, s], "score": 0.9} for i, s in enumerate(sides)]
+    sizes = analysis.size_view(gt, analysis.detections_coco(gt, dets))  # 10 bins: three COCOeval runs
+    assert sizes["bins"] == ["0-12", "12-16", "16-24", "24-32", "32-48", "48-64", "64-96", "96-128", "128-256", ">256"]
+    assert sizes["num_gt"] == [1, 1, 1, 2, 2, 1, 1, 1, 1, 1]
+    for key in ("AP", "AP50", "recall50"):
+        assert sizes[key] == [pytest.approx(100.0)] * 10, key
+
+
+OWL = {"id": 3, "name": "owl", "supercategory": "animal"}
+
+
+def test_error_breakdown_worked_by_hand_with_one_supercategory():
+    # cat, dog, owl all animals (Oth is Sim); owl has no ground truth. Image 1: cat A, dog D; image 2:
+    # cat B, never detected. Cat detections: on D (0.95), on nothing (0.93), on A (0.9): precision 1/3
+    # at recall 1/2; Sim ignores the one on D: 1/2; BG ignores the other: 1 up to recall 1/2, 0 beyond.
+    a, d, b = [10, 10, 20, 20], [60, 10, 30, 40], [10, 10, 20, 20]
+    gt = make_gt([{"image_id": 1, "category_id": 1, "bbox": a}, {"image_id": 1, "category_id": 2, "bbox": d},
+                  {"image_id": 2, "category_id": 1, "bbox": b}], 2, CATEGORIES[:2] + [OWL])  # fmt: skip
+    dets = [{"image_id": 1, "category_id": 1, "bbox": d, "score": 0.95},
+            {"image_id": 1, "category_id": 1, "bbox": [20, 60, 10, 10], "score": 0.93},
+            {"image_id": 1, "category_id": 1, "bbox": a, "score": 0.9},
+            {"image_id": 1, "category_id": 3, "bbox": a, "score": 0.7}]  # fmt: skip
+    coco_dt, ev = standard(gt, dets)
+    curves = error_breakdown.error_curves(gt, coco_dt, ev)
+    for key in ("BG", "FN"):
+        assert (curves[key][:, 2] == -1).all(), key  # owl: no ground truth
+    errors = error_breakdown.error_breakdown(gt, curves)
+    reached = 51 / 101  # recall points 0 .. 0.5
+    cat = [100 * reached / 3] * 3 + [100 * reached / 2] * 2 + [100 * reached, 100]
+    assert [errors["per_class"]["cat"][k] for k in error_breakdown.ERROR_KEYS] == pytest.approx(cat)
+    assert [errors["per_class"]["dog"][k] for k in error_breakdown.ERROR_KEYS] == [0, 0, 0, 0, 0, 0, 100]
+    assert errors["per_class"]["owl"] == dict.fromkeys(error_breakdown.ERROR_KEYS)
+    overall = [(c + g) / 2 for c, g in zip(cat, [0, 0, 0, 0, 0, 0, 100])]  # owl left out
+    assert [errors["overall"][k] for k in error_breakdown.ERROR_KEYS] == pytest.approx(overall)
+    drawn = errors["curves"]
+    assert drawn["per_class"]["cat"]["Loc"] == [0.3333] * 51 + [0.0] * 50
+    assert drawn["per_class"]["cat"]["BG"] == [1.0] * 51 + [0.0] * 50
+    assert drawn["per_class"]["owl"] == dict.fromkeys(error_breakdown.ERROR_KEYS)
+    assert drawn["overall"]["Loc"] == [0.1667] * 51 + [0.0] * 50
+    assert drawn["overall"]["FN"] == [1.0] * 101
+    # a set without any ground truth: nothing to average
+    empty = make_gt([], 1)
+    coco_dt, ev = standard(empty, [])
+    errors = error_breakdown.error_breakdown(empty, error_breakdown.error_curves(empty, coco_dt, ev))
+    assert errors["overall"] == dict.fromkeys(error_breakdown.ERROR_KEYS)
+    assert errors["curves"]["overall"] == dict.fromkeys(error_breakdown.ERROR_KEYS)
+
+
+def test_error_curves_count_the_100_best_detections_of_an_image_and_tiny_boxes():
+    # image 1: 100 cats on nothing, then the cat (rank 101, not counted); image 2: 11 dogs on nothing, then
+    # the dog (rank 12: precision 1/12, lost if only 10 counted); image 3: a car of 0.5 x 0.5 px, found.
+    cat, dog, car = [10, 10, 20, 20], [60, 10, 30, 40], [5, 5, 0.5, 0.5]
+    gt = make_gt([{"image_id": 1, "category_id": 1, "bbox": cat}, {"image_id": 2, "category_id": 2, "bbox": dog},
+                  {"image_id": 3, "category_id": 5, "bbox": car}], 3)  # fmt: skip
+    dets = [{"image_id": 1, "category_id": 1, "bbox": [50, 60, 10, 10], "score": 0.99 - 0.001 * i} for i in range(100)]
+    dets += [{"image_id": 2, "category_id": 2, "bbox": [0, 60, 10, 10], "score": 0.99 - 0.01 * i} for i in range(11)]
+    dets += [{"image_id": 1, "category_id": 1, "bbox": cat, "score": 0.5},
+             {"image_id": 2, "category_id": 2, "bbox": dog, "score": 0.5},
+             {"image_id": 3, "category_id": 5, "bbox": car, "score": 0.5}]  # fmt: skip
+    coco_dt, ev = standard(gt, dets)
+    errors = error_breakdown.error_breakdown(gt, error_breakdown.error_curves(gt, coco_dt, ev))
+    assert [errors["per_class"]["cat"][k] for k in error_breakdown.ERROR_KEYS] == [0, 0, 0, 0, 0, 0, 100]
+    assert [errors["per_class"]["dog"][k] for k in error_breakdown.ERROR_KEYS] == pytest.approx(
+        [100 / 12] * 5 + [100, 100]
+    )
+    assert [errors["per_class"]["car"][k] for k in error_breakdown.ERROR_KEYS] == pytest.approx([100] * 7)
+
+
+def test_the_report_runs_the_backend_asked_for(faster_coco_eval_runs):
+    runs = faster_coco_eval_runs
+    gt, dets = random_set(0)
+    coco_dt, ev = standard(gt, dets)
+    error_breakdown.error_curves(gt, coco_dt, ev, backend="faster_coco_eval")
+    assert len(runs) == 6  # Loc; Sim and Oth of cat and of dog; Oth of car (alone in its supercategory)
+    analysis.size_view(gt, coco_dt, backend="faster_coco_eval", edges=(0, 32, 96, 1e5))
+    assert len(runs) == 7

@@ -1,5 +1,6 @@
 """Whole-model checks on a tiny ResNet-18 C4 detector (CPU, seconds)."""
 
+import pytest
 import torch
 import torchvision
 
@@ -105,3 +106,37 @@ def test_channels_last_gives_the_same_detections():
         b = tiny_model(["model.channels_last=true"]).eval()([image])[0]
     assert len(a["boxes"]) >= 5
     assert torch.allclose(a["boxes"], b["boxes"], atol=1e-3) and torch.allclose(a["scores"], b["scores"], atol=1e-4)
+
+
+def test_scale_override_is_the_detector_at_those_test_sizes():
+    """`inference(min_size=, max_size=)` (multi-scale testing) must give what the detector gives with those
+    test sizes: a 128 x 192 image at (128, 200) is not resized, at the configured (64, 100) it would be."""
+    model = tiny_model().eval()  # min_size_test 64, max_size_test 100
+    image = torch.randint(0, 256, (3, 128, 192), dtype=torch.uint8, generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        override = model.inference([image], min_size=128, max_size=200)[0]
+        default = model([image])[0]
+        model.preprocessor.min_size_test, model.preprocessor.max_size_test = 128, 200
+        direct = model([image])[0]
+        # the preprocessor's own override: short side 96 capped at long side 120 -> (80, 120)
+        assert model.preprocessor([image], min_size=96, max_size=120)[1] == [(80, 120)]
+    assert len(direct["boxes"]) >= 5 and not torch.allclose(direct["scores"][:5], default["scores"][:5])
+    assert torch.equal(override["labels"], direct["labels"])
+    assert torch.equal(override["scores"], direct["scores"]) and torch.equal(override["boxes"], direct["boxes"])
+
+
+def test_test_size_zero_keeps_the_input_size_and_other_sizes_resize():
+    model = tiny_model().eval()
+    image = torch.randint(0, 256, (3, 50, 100), dtype=torch.uint8)
+    assert model.preprocessor([image], min_size=0, max_size=0)[1] == [(50, 100)]
+    assert model.preprocessor([image], min_size=1, max_size=0)[1] == [(1, 2)]
+    assert model.train().preprocessor([image])[1] == [(50, 100)]  # training inputs come resized
+
+
+def test_bad_inputs_raise_clear_errors():
+    model = tiny_model()
+    for shape in [(1, 20, 30), (3, 20, 30, 1)]:
+        with pytest.raises(ValueError, match=rf"image 0 must be a \(3, H, W\) RGB tensor, got shape \({shape[0]}, 20, 30"):
+            model.eval()([torch.zeros(shape, dtype=torch.uint8)])
+    with pytest.raises(ValueError, match="FasterRCNN needs targets in training mode"):
+        model.train()([torch.zeros(3, 20, 30, dtype=torch.uint8)])

@@ -11,7 +11,7 @@ from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
 from detkit.errors import UserError
-from detkit.evaluation.coco import COCOEvaluator, evaluate_results
+from detkit.evaluation.coco import COCOEvaluator, evaluate_results, format_per_class_table
 from detkit.evaluation.results import load_results, save_results
 
 CATEGORY_IDS = [3, 7, 11]  # non-contiguous, like COCO's
@@ -163,3 +163,35 @@ def test_user_errors():
     info_only.dataset = {"images": coco_gt.dataset["images"], "categories": coco_gt.dataset["categories"]}
     with pytest.raises(UserError, match="annotations"):
         evaluate_results(info_only, [], CLASS_NAMES, CATEGORY_IDS)
+
+
+def test_per_class_table_text():
+    per_class = {"cat": 12.345, "dog": None, "zebra": 100.0, "ox": 5.0}
+    extra = {"cat": 50.0, "zebra": 100.0, "ox": None}
+    # name width 5 ("class", "zebra"), value width 11 ("100.0/100.0"), 3 cells a line
+    assert format_per_class_table(per_class, extra=extra, title="AP/AP50").split("\n") == [
+        "class     AP/AP50 | class     AP/AP50 | class     AP/AP50",
+        "-" * 57,
+        "cat     12.3/50.0 | dog           -/- | zebra 100.0/100.0",
+        "ox          5.0/-",
+    ]
+    assert format_per_class_table({"cat": 12.345, "dog": None}, columns=1).split("\n") == [
+        "class   AP",
+        "-" * 10,
+        "cat   12.3",
+        "dog      -",
+    ]
+    assert format_per_class_table({}) == ""
+
+
+def test_process_takes_plain_and_numpy_image_ids():
+    coco_gt = make_gt()
+    out = {"boxes": torch.tensor([[0.0, 0.0, 10.0, 10.0]]), "scores": torch.tensor([0.9]), "labels": torch.tensor([0])}
+    evaluator = COCOEvaluator(coco_gt=coco_gt, category_ids=CATEGORY_IDS, class_names=CLASS_NAMES)
+    evaluator.process([{"image_id": 20}, {"image_id": np.int64(10)}, {"image_id": torch.tensor(20)}], [out] * 3)
+    assert evaluator.image_ids == [20, 10] and all(type(i) is int for i in evaluator.image_ids)
+    assert [r["image_id"] for r in evaluator.results] == [20, 10, 20]
+    with pytest.raises(ValueError, match="2 targets but 1 outputs"):
+        evaluator.process([{"image_id": 20}] * 2, [out])
+    with pytest.raises(ValueError, match=r"COCOEvaluator.evaluate\(\) called before any process\(\)"):
+        COCOEvaluator(coco_gt=coco_gt, category_ids=CATEGORY_IDS, class_names=CLASS_NAMES).evaluate()

@@ -94,6 +94,15 @@ def test_class_without_ground_truth_is_absent_and_left_out_of_the_mean():
     assert m["AP50"] == pytest.approx(100.0) and m["AP"] == pytest.approx(100.0)
 
 
+@pytest.mark.parametrize("flags", [[0, 1], np.array([0, 1], dtype=np.uint8)])
+def test_difficult_given_as_0_1_integers_reads_as_bool(flags):
+    # `~` on integer flags would give -1 / -2 (both true) instead of True / False.
+    anns = [{**ann("a", [GT1, GT2], [0, 0]), "difficult": flags}]
+    results = [det("a", [300, 300, 340, 340], 0.95), det("a", GT2, 0.8), det("a", GT1, 0.6)]
+    m = run(results, anns, False)
+    assert m["AP50"] == pytest.approx(50.0)  # GT2 is difficult: FP, (ignored), TP over 1 positive
+
+
 def test_class_with_only_difficult_objects_is_absent():
     anns = [ann("a", [GT1, GT2], [0, 1], difficult=[False, True])]
     m = run([det("a", GT1, 0.9, 0)], anns, True)

@@ -37,11 +37,36 @@ def test_fold_and_channels_last_change_the_modules():
     assert not any(isinstance(m, FrozenBatchNorm2d) for m in model.modules())
     assert model.backbone.conv1.weight.is_contiguous(memory_format=torch.channels_last)
     assert model.roi_heads.pooler.channels_last and not model.training
+    assert model.preprocessor.channels_last
+    batch, _, _ = model.preprocessor([torch.zeros(3, 40, 50, dtype=torch.uint8)])
+    assert batch.is_contiguous(memory_format=torch.channels_last) and not batch.is_contiguous()
+
+
+def test_compile_wraps_the_trunk_and_the_region_head(monkeypatch):
+    compiled = []
+
+    def record(module, *, dynamic):
+        compiled.append((module, dynamic))
+        return module
+
+    monkeypatch.setattr(torch, "compile", record)
+    model = frozen_model()
+    backbone, head = model.backbone, model.roi_heads.box_head
+    optimize_for_inference(model, torch_compile=True)
+    # the trunk sees one shape per image size; the head a number of regions that changes every image
+    assert compiled == [(backbone, False), (head, True)]
 
 
 def test_amp_is_a_no_op_on_cpu():
     model = optimize_for_inference(frozen_model(), amp=True)
     assert model.amp_dtype is None  # CUDA only: the same config runs on a CPU unchanged
+
+
+def test_no_switch_no_change():
+    model = frozen_model().train()
+    backbone = model.backbone
+    assert optimize_for_inference(model) is model and not model.training
+    assert model.backbone is backbone and any(isinstance(m, FrozenBatchNorm2d) for m in model.modules())
 
 
 def test_pooling_and_proposals_stay_float32_under_autocast():

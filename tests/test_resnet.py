@@ -9,10 +9,14 @@ import torch
 import torchvision
 from torch import nn
 from torchvision.models._api import WeightsEnum
+from torch.nn import functional as F
 from torchvision.ops import FrozenBatchNorm2d
 
 from detkit.errors import UserError
+from tests.conftest import randomise_frozen_bn
 from detkit.modeling.backbone.resnet import (
+    PreActBasicBlock,
+    PreActBottleneck,
     ResNet,
     build_resnet_c4,
     freeze,
@@ -131,6 +135,16 @@ def test_imagenet_weights_offline_names_path_and_url(hub_dir):
         load_resnet_weights(ResNet(depth=50), "imagenet", depth=50)
     message = str(info.value)
     assert str(path) in message and url in message and "\n" not in message
+    assert "(URLError: <urlopen error no network in tests>)" in message  # the reason, first line only
+
+
+def test_imagenet_download_failure_without_text_names_its_type(hub_dir, monkeypatch):
+    def reset(self, *args, **kwargs):
+        raise ConnectionResetError()
+
+    monkeypatch.setattr(WeightsEnum, "get_state_dict", reset)
+    with pytest.raises(UserError, match=r"the download failed \(ConnectionResetError\): fetch"):
+        load_resnet_weights(ResNet(depth=18), "imagenet", depth=18)
 
 
 def test_freeze_at_is_checked_before_any_download(hub_dir):
@@ -286,3 +300,62 @@ def test_c4_split_strides_and_channels(depth, c4, c5):
     assert all(p.requires_grad for p in trunk.layer2.parameters())
     assert any(k.startswith("layer3.") for k in trunk.state_dict())
     assert all(k.startswith("layer4.") for k in res5.state_dict())
+
+
+def _preact_by_hand(block: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """He et al. (ECCV 2016): x' = x + F(relu(bn(x))) with each conv preceded by bn + relu; a projection
+    shortcut reads the pre-activated input. Written with F.conv2d and the FrozenBN affine map."""
+
+    def bn_relu(bn, t):
+        scale = bn.weight * (bn.running_var + bn.eps).rsqrt()
+        return F.relu(t * scale[:, None, None] + (bn.bias - bn.running_mean * scale)[:, None, None])
+
+    convs = [block.conv1, block.conv2] + ([block.conv3] if hasattr(block, "conv3") else [])
+    norms = [block.bn1, block.bn2] + ([block.bn3] if hasattr(block, "bn3") else [])
+    act = bn_relu(norms[0], x)
+    out = act
+    for i, (conv, bn) in enumerate(zip(convs, norms)):
+        out = F.conv2d(out if i == 0 else bn_relu(bn, out), conv.weight, stride=conv.stride, padding=conv.padding)
+    if block.downsample is None:
+        return out + x
+    return out + F.conv2d(act, block.downsample[0].weight, stride=block.downsample[0].stride)
+
+
+@pytest.mark.parametrize(
+    ("block", "in_channels", "planes", "stride", "projected"),
+    [
+        (PreActBasicBlock, 8, 8, 1, False),
+        (PreActBasicBlock, 8, 16, 1, True),  # a channel change alone needs the projection too
+        (PreActBasicBlock, 8, 16, 2, True),
+        (PreActBottleneck, 32, 8, 1, False),
+        (PreActBottleneck, 8, 8, 1, True),
+        (PreActBottleneck, 16, 8, 2, True),
+    ],
+)
+def test_preact_blocks_by_hand(block, in_channels, planes, stride, projected):
+    torch.manual_seed(0)
+    unit = block(in_channels=in_channels, planes=planes, stride=stride, norm="frozen_bn").eval()
+    randomise_frozen_bn(unit)
+    assert all(isinstance(m, FrozenBatchNorm2d) for m in (unit.bn1, unit.bn2, getattr(unit, "bn3", unit.bn1)))
+    assert (unit.downsample is not None) == projected
+    x = torch.randn(2, in_channels, 10, 10)
+    with torch.no_grad():
+        out = unit(x)
+        assert out.shape == (2, planes * block.expansion, 10 // stride, 10 // stride)
+        torch.testing.assert_close(out, _preact_by_hand(unit, x), rtol=1e-5, atol=1e-5)
+    if block is PreActBottleneck and stride == 2:  # torchvision's layout by default: the 3x3 strides
+        assert (unit.conv1.stride, unit.conv2.stride) == ((1, 1), (2, 2))
+
+
+def test_preact_resnet_strides_and_projections():
+    for stride_in_1x1 in (False, True):
+        net = ResNet(depth=50, width=8, preact=True, stride_in_1x1=stride_in_1x1)
+        for stage in ("layer2", "layer3", "layer4"):
+            first = getattr(net, stage)[0]
+            assert (first.conv1.stride, first.conv2.stride) == (((2, 2), (1, 1)) if stride_in_1x1 else ((1, 1), (2, 2)))
+            assert all(b.conv1.stride == b.conv2.stride == (1, 1) for b in getattr(net, stage)[1:])
+        # a projection (a bare 1x1 conv) in the first unit of each stage only
+        assert sorted(k for k in net.state_dict() if ".downsample." in k) == [
+            f"layer{i}.0.downsample.0.weight" for i in range(1, 5)
+        ]
+        assert net(torch.zeros(1, 3, 64, 64)).shape == (1, 256, 2, 2)

@@ -88,3 +88,16 @@ def test_save_refuses_nan(tmp_path):
     with pytest.raises(ValueError):
         save_results(tmp_path / "d.json", [dict(GOOD, score=math.nan)])
     assert list(tmp_path.iterdir()) == []
+
+
+def test_tensors_that_require_grad_and_bad_image_ids():
+    boxes = torch.tensor([[1.0, 2.0, 4.0, 8.0]], requires_grad=True)  # a model run outside torch.no_grad()
+    output = {"boxes": boxes, "scores": torch.tensor([0.5], requires_grad=True), "labels": torch.tensor([0])}
+    (res,) = to_coco_results(3, output, category_ids=[1])
+    assert res == {"image_id": 3, "category_id": 1, "bbox": [1.0, 2.0, 3.0, 6.0], "score": 0.5}
+    for bad, shown in ((True, "bool True"), (1.0, "float 1.0")):
+        with pytest.raises(TypeError, match=f"image_id must be an int or a str, got {shown}"):
+            to_coco_results(bad, output, category_ids=[1])
+    output["scores"] = torch.tensor([0.5, 0.4])
+    with pytest.raises(ValueError, match="output sizes differ: 1 boxes, 2 scores, 1 labels"):
+        to_coco_results(3, output, category_ids=[1])

@@ -1,3 +1,6 @@
+import math
+
+import pytest
 import torch
 
 from detkit.modeling.box_coder import BoxCoder
@@ -114,6 +117,8 @@ def test_context_pooled_size_and_sharing_are_config_choices():
                                                        "model.roi_heads.context_pooler_resolution=8"]))
     assert separate.roi_heads.context_pooler.resolution == 8
     assert separate.roi_heads.context_head.res5 is not separate.roi_heads.box_head.res5
+    context_weights = dict(separate.roi_heads.context_head.res5.named_parameters())
+    assert all(p is not context_weights[k] for k, p in separate.roi_heads.box_head.res5.named_parameters())
     assert separate.roi_heads.predictor.cls_score.in_features == 2 * 256
     fc = build_model(load_config(None, base + ["model.roi_heads.head=fc", "model.roi_heads.pooler_resolution=4",
                                                  "model.roi_heads.fc_dim=32", "model.roi_heads.context_shared_head=false",
@@ -127,7 +132,7 @@ def test_context_pooled_size_and_sharing_are_config_choices():
         assert all(torch.isfinite(v) for v in losses.values())
     import pytest
 
-    with pytest.raises(UserError, match="context_pooler_resolution"):
+    with pytest.raises(UserError, match="^model.roi_heads.context_pooler_resolution must equal .* set context_shared_head: false$"):
         build_model(load_config(None, base + ["model.roi_heads.head=fc", "model.roi_heads.context_pooler_resolution=2"]))
 
 
@@ -139,3 +144,91 @@ def test_batch_without_any_sampled_roi_gives_a_zero_loss():
     _, losses = heads(feature, no_boxes, SIZES, [TARGETS[1], TARGETS[1]])
     assert losses["loss_cls"].item() == 0.0 and losses["loss_box"].item() == 0.0
     sum(losses.values()).backward()  # still part of the graph: the training step runs as usual
+
+
+def test_poolers_sample_where_computed_by_hand():
+    """A 1-channel 8 x 8 map whose value is x^2 at column x (bilinear between columns), 2 x 2 bins.
+    roi_align of [40, 40, 104, 104] (cells 2.5..6.5, aligned: minus half a cell, 2..6): one sample per bin at
+    the bin centres x = 3, 5 -> 9, 25; adaptive (sampling_ratio 0: two per bin) at x = 2.5, 3.5 and 4.5, 5.5
+    -> (6.5 + 12.5) / 2 = 9.5 and (20.5 + 30.5) / 2 = 25.5. roi_pool rounds [32, 32, 96, 96] to cells 2..6 and
+    takes each bin's max: cells 2..4 and 4..6 -> 16, 36."""
+    feature = (torch.arange(8.0) ** 2).expand(1, 1, 8, 8).contiguous()
+    box = [torch.tensor([[40.0, 40.0, 104.0, 104.0]])]
+    one = RoIPooler(kind="roi_align", resolution=2, sampling_ratio=1)(feature, box)
+    adaptive = RoIPooler(kind="roi_align", resolution=2, sampling_ratio=0)(feature, box)
+    pooled = RoIPooler(kind="roi_pool", resolution=2)(feature, [torch.tensor([[32.0, 32.0, 96.0, 96.0]])])
+    assert torch.allclose(one[0, 0], torch.tensor([[9.0, 25.0], [9.0, 25.0]]))
+    assert torch.allclose(adaptive[0, 0], torch.tensor([[9.5, 25.5], [9.5, 25.5]]))
+    assert torch.equal(pooled[0, 0], torch.tensor([[16.0, 36.0], [16.0, 36.0]]))
+    # a half-precision map (autocast) is pooled in float32
+    half = RoIPooler(kind="roi_align", resolution=2, sampling_ratio=1)(feature.half(), box)
+    assert half.dtype == torch.float32 and torch.allclose(half, one)
+
+
+def test_fc_head_weights_start_as_detectron2s_c2_xavier_fill():
+    """kaiming_uniform with a = 1: uniform in +-sqrt(3 / fan_in)."""
+    head = FCHead(in_channels=8, resolution=4, fc_dim=64)
+    for fc, fan_in in [(head.fc1, 8 * 4 * 4), (head.fc2, 64)]:
+        bound = math.sqrt(3.0 / fan_in)
+        assert 0.95 * bound < fc.weight.abs().max().item() <= bound
+
+
+def test_whole_image_region_has_the_context_feature():
+    """With global context the context half of a region's feature is the whole image [0, 0, w, h] pooled by the
+    shared pooler and head, so a region that is the whole image has two equal halves (each image its own)."""
+    heads = make_heads(global_context=True, pooler="roi_align")
+    torch.manual_seed(1)
+    feature = torch.randn(2, 8, 4, 4)
+    sizes = [(64, 48), (40, 64)]
+    boxes = [torch.tensor([[0.0, 0.0, 48.0, 64.0], [8.0, 8.0, 30.0, 40.0]]), torch.tensor([[0.0, 0.0, 64.0, 40.0]])]
+    with torch.no_grad():
+        features = heads.box_features(feature, boxes, sizes)
+    d = heads.box_head.out_dim
+    assert features.shape == (3, 2 * d)
+    assert torch.allclose(features[0, :d], features[0, d:], atol=1e-6)
+    assert torch.allclose(features[2, :d], features[2, d:], atol=1e-6)
+    assert torch.equal(features[1, d:], features[0, d:]) and not torch.allclose(features[0, d:], features[2, d:])
+
+
+def test_regressed_boxes_are_clipped_to_their_image():
+    """A regressor that widens every box 20-fold (dw = dh = log 20, weights 5): each image's boxes are clipped to its
+    own (h, w)."""
+    heads = make_heads(num_classes=2)
+    torch.nn.init.zeros_(heads.predictor.bbox_pred.weight)
+    with torch.no_grad():
+        heads.predictor.bbox_pred.bias.copy_(torch.tensor([0.0, 0.0, 5 * math.log(20.0), 5 * math.log(20.0)] * 2))
+    features = torch.randn(2, heads.box_head.out_dim)
+    boxes = [torch.tensor([[10.0, 10.0, 20.0, 20.0]]), torch.tensor([[30.0, 5.0, 40.0, 15.0]])]
+    with torch.no_grad():
+        _, out = heads.classify(features, boxes, [(50, 60), (30, 80)])
+    assert torch.equal(out[0], torch.tensor([[[0.0, 0.0, 60.0, 50.0]] * 2]))
+    assert torch.equal(out[1], torch.tensor([[[0.0, 0.0, 80.0, 30.0]] * 2]))
+
+
+def test_candidates_strictly_above_the_score_threshold_and_not_empty():
+    heads = make_heads(num_classes=2)
+    heads.score_threshold = 0.25
+    probs = torch.tensor([[0.25, 0.5, 0.25], [0.5, 0.3, 0.2], [0.6, 0.3, 0.1]])
+    boxes = torch.tensor([
+        [[0.0, 0.0, 10.0, 10.0], [0.0, 0.0, 10.0, 10.0]],
+        [[0.0, 0.0, 0.005, 10.0], [0.0, 0.0, 10.0, 10.0]],  # class 0's box is 0.005 px wide: dropped
+        [[5.0, 5.0, 5.5, 5.5], [5.0, 5.0, 5.0, 9.0]],  # 0.5 px: kept; class 1's box is 0 px wide: dropped
+    ])
+    cand_boxes, scores, labels = heads.candidates(probs, boxes)
+    # (region, class) kept: (0, 1) 0.5 (0.25 is not above 0.25), (1, 1) 0.3, (2, 0) 0.6
+    assert labels.tolist() == [1, 1, 0] and torch.allclose(scores, torch.tensor([0.5, 0.3, 0.6]))
+    assert torch.equal(cand_boxes, torch.stack([boxes[0, 1], boxes[1, 1], boxes[2, 0]]))
+
+
+def test_box_voting_includes_boxes_at_the_threshold():
+    """IoU of [0, 0, 10, 10] and [0, 0, 10, 5] is 50 / 100 = 0.5 exactly: at `iou_thresh` 0.5 it votes."""
+    kept = torch.tensor([[0.0, 0.0, 10.0, 10.0]])
+    pool = torch.tensor([[0.0, 0.0, 10.0, 10.0], [0.0, 0.0, 10.0, 5.0]])
+    out = box_voting(kept, torch.tensor([0]), pool, torch.tensor([0.9, 0.6]), torch.tensor([0, 0]), iou_thresh=0.5)
+    assert torch.allclose(out, torch.tensor([[0.0, 0.0, 10.0, (0.9 * 10 + 0.6 * 5) / 1.5]]))
+
+
+def test_training_without_targets_is_an_error():
+    heads = make_heads().train()
+    with pytest.raises(ValueError, match="RoIHeads needs targets in training mode"):
+        heads(torch.zeros(2, 8, 4, 4), PROPOSALS, SIZES)

@@ -1,3 +1,4 @@
+import pytest
 import torch
 
 from detkit.modeling.box_coder import BoxCoder
@@ -70,3 +71,17 @@ def test_rpn_does_not_mutate_targets():
     target = {"boxes": boxes.clone(), "labels": torch.tensor([0])}
     rpn(torch.randn(1, 8, 4, 4), [(64, 64)], [target])
     assert torch.equal(target["boxes"], boxes)
+
+
+def test_anchor_offset_centres_anchors_in_their_cell():
+    """Offset 0.5 (detectron2's option): centres at (x + 0.5) * 16; a 2 x 3 map, one 16 x 16 anchor per position."""
+    gen = AnchorGenerator(sizes=[16], ratios=[1.0], stride=16, offset=0.5)
+    anchors = gen(torch.zeros(1, 1, 2, 3))
+    centres = [(x, y) for y in (8.0, 24.0) for x in (8.0, 24.0, 40.0)]  # row-major (y, x)
+    assert torch.equal(anchors, torch.tensor([[x - 8, y - 8, x + 8, y + 8] for x, y in centres]))
+
+
+def test_training_without_targets_is_an_error():
+    rpn = make_rpn().train()
+    with pytest.raises(ValueError, match="RPN needs targets in training mode"):
+        rpn(torch.zeros(1, 8, 4, 4), [(64, 64)])

@@ -9,6 +9,7 @@ import subprocess
 import sys
 import zipfile
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -16,7 +17,9 @@ from pycocotools.coco import COCO
 
 from detkit.errors import UserError
 from detkit.engine.saved_results import metrics_path_for
-from detkit.evaluation.coco import cocoeval_stats, make_cocoeval
+from detkit.evaluation.build import build_evaluator
+from detkit.evaluation.coco import COCOEvaluator, cocoeval_stats, evaluate_results, make_cocoeval
+from detkit.evaluation import provenance
 from detkit.evaluation.provenance import read_sidecar, sidecar_path, write_sidecar
 from detkit.evaluation.submission import (
     format_submission,
@@ -25,6 +28,7 @@ from detkit.evaluation.submission import (
     submission_name,
     submission_notes,
     validate_submission,
+    write_submission,
 )
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -180,8 +184,25 @@ def test_sidecar_round_trip(tmp_path):
     assert meta["file"] == "detections.json" and meta["config"] == "configs/x.yaml"
     assert meta["weights"] == "model_final.pth" and meta["detkit_version"] and meta["created"].endswith("+00:00")
     assert read_sidecar(tmp_path / "other.json") is None
+    sidecar_path(tmp_path / "list.json").write_text("[1]")  # valid JSON, not a sidecar
+    assert read_sidecar(tmp_path / "list.json") is None
     assert metrics_path_for(path) == tmp_path / "metrics.json"
     assert metrics_path_for(tmp_path / "detections_1.json") == tmp_path / "metrics_1.json"
+
+
+def test_sidecar_records_the_git_commit_of_the_checkout(tmp_path):
+    here = Path(provenance.__file__).resolve().parent
+
+    def git(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run(["git", "-C", str(here), *args], capture_output=True, text=True, timeout=30)
+
+    head = git("rev-parse", "HEAD")
+    if head.returncode != 0:
+        pytest.skip("detkit is not imported from a git checkout")
+    dirty = git("status", "--porcelain", "--untracked-files=no").stdout.strip()
+    write_sidecar(tmp_path / "x.json")
+    commit = read_sidecar(tmp_path / "x.json")["git_commit"]
+    assert commit == head.stdout.strip() + ("+dirty" if dirty else "") and len(head.stdout.strip()) == 40
 
 
 def synthetic_gt_and_dets(seed: int = 0) -> tuple[COCO, list[dict]]:
@@ -220,6 +241,129 @@ def test_faster_coco_eval_gives_the_same_numbers():
     np.testing.assert_allclose(precision_fast, precision_ref, atol=1e-12)  # per-class AP reads this
 
 
+def test_the_backend_asked_for_is_the_one_that_runs(faster_coco_eval_runs):
+    runs = faster_coco_eval_runs
+    gt, dets = synthetic_gt_and_dets()
+    names = [f"c{c}" for c in CATEGORY_IDS]
+    evaluator = COCOEvaluator(coco_gt=gt, category_ids=CATEGORY_IDS, class_names=names, backend="faster_coco_eval")
+    with contextlib.redirect_stdout(io.StringIO()):
+        cocoeval_stats(gt, dets, backend="faster_coco_eval")
+        evaluate_results(gt, dets, names, CATEGORY_IDS, backend="faster_coco_eval")
+        evaluator.evaluate_results(dets, None)
+    assert len(runs) == 3
+    dataset = SimpleNamespace(kind="coco", has_annotations=True, coco=gt, category_ids=CATEGORY_IDS, class_names=names)
+    assert build_evaluator(dataset, backend="faster_coco_eval").backend == "faster_coco_eval"
+
+
+def test_build_evaluator_by_kind():
+    gt, _ = synthetic_gt_and_dets()
+    names = [f"c{c}" for c in CATEGORY_IDS]
+    coco = SimpleNamespace(kind="shapes", has_annotations=True, coco=gt, category_ids=CATEGORY_IDS, class_names=names)
+    evaluator = build_evaluator(coco)
+    assert isinstance(evaluator, COCOEvaluator) and evaluator.coco_gt is gt and evaluator.backend == "pycocotools"
+    assert evaluator.category_ids == CATEGORY_IDS and evaluator.class_names == names
+    voc = SimpleNamespace(kind="voc", annotations=lambda image_id: {}, class_names=["cat", "dog"], year=2007)
+    evaluator = build_evaluator(voc)
+    assert (evaluator.year, evaluator.use_11_point, evaluator.class_names) == (2007, True, ["cat", "dog"])
+    assert build_evaluator(SimpleNamespace(**vars(voc) | {"year": 2012})).use_11_point is False
+    assert build_evaluator(SimpleNamespace(**vars(coco) | {"has_annotations": False})) is None  # test-dev image info
+    assert build_evaluator(SimpleNamespace(kind="concat")) is None
+
+
 def test_unknown_backend_is_a_user_error():
     with pytest.raises(UserError, match="unknown COCO evaluation backend 'fast'"):
         make_cocoeval(None, None, backend="fast")
+
+
+def test_validation_reports_bboxes_that_are_not_four_numbers_and_checks_every_entry(info_path):
+    good = detections(4, 1)[0]
+    results = [
+        {"image_id": 4},  # malformed; the entries after it are still checked
+        dict(good, bbox=[1.0, 2.0, 3.0, 4.0, 5.0]),
+        dict(good, bbox=5.0),
+        dict(good, bbox=["1", 2.0, 3.0, 4.0]),
+        dict(good, image_id=4.0),  # a float equal to an image id
+        dict(good, image_id=True),
+        dict(good, category_id=3.0),  # a float equal to a category id
+        dict(good, bbox=[1.0, 2.0, 0.0, 0.0]),  # zero width and height: allowed
+    ]
+    problems = validate_submission(results, info_path)
+    assert len(problems) == 4, problems
+    malformed, image, category, bbox = problems
+    assert malformed == (
+        "1 entries are not {image_id, category_id, bbox, score} objects (first: entry 0 lacks category_id, bbox, score)"
+    )
+    assert image.startswith("2 detections name an image that image_info_test-dev2017.json does not hold")
+    assert image.endswith("(first: entry 4 image_id 4.0; entry 5 image_id True)")
+    assert category.startswith("1 detections have a category_id outside") and "entry 6 category_id 3.0" in category
+    assert bbox == (
+        "3 detections have a bbox that is not four numbers [x, y, w, h] (first: entry 1 bbox [1.0, 2.0, 3.0, 4.0, 5.0];"
+        " entry 2 bbox 5.0; entry 3 bbox ['1', 2.0, 3.0, 4.0])"
+    )
+
+
+def test_problem_messages_count_every_entry_and_quote_the_first_three(info_path):
+    results = [dict(d, category_id=2) for d in detections(4, 5)]
+    (problem,) = validate_submission(results, info_path)
+    assert problem.startswith("5 detections have a category_id outside image_info_test-dev2017.json's categories")
+    assert problem.endswith("(first: entry 0 category_id 2; entry 1 category_id 2; entry 2 category_id 2)")
+
+
+def test_tied_scores_keep_their_order_when_the_100_best_are_kept():
+    dets = detections(4, 150)
+    for d, score in zip(dets, np.random.default_rng(0).integers(0, 3, 150)):
+        d["score"] = float(score) / 2  # three values: many ties, an unstable sort reorders them
+    entries, dropped = format_submission(dets)
+    assert dropped == 50
+    expected = sorted(range(150), key=lambda i: -dets[i]["score"])[:100]  # sorted() is stable
+    assert [e["bbox"] for e in entries] == [[round(v, 2) for v in dets[i]["bbox"]] for i in expected]
+
+
+def test_submission_files_names_and_sidecar(tmp_path, info_path):
+    results_path = tmp_path / "detections.json"
+    results_path.write_text(json.dumps(detections(4, 3)))
+    # output_dir None: beside the results file (which exists)
+    json_path, zip_path, notes = make_submission(results_path, info_path, split="test-dev2017", method="X-101.v2")
+    assert notes == [
+        "3 detections on 1 of the 3 images of image_info_test-dev2017.json, at most 3 per image",
+        "2 images have no detection (allowed: they only cost recall), e.g. [7, 12]",
+    ]
+    assert json_path == tmp_path / "detections_test-dev2017_X-101.v2_results.json" and zip_path.is_file()
+    assert " " not in json_path.read_text()  # compact
+    with zipfile.ZipFile(zip_path) as z:
+        assert [i.compress_type for i in z.infolist()] == [zipfile.ZIP_DEFLATED]
+    meta = read_sidecar(json_path)
+    assert (meta["results"], meta["image_info"]) == (str(results_path), str(info_path))
+    assert (meta["split"], meta["method"]) == ("test-dev2017", "X-101.v2")
+    # a new nested folder, away from the results file
+    out = tmp_path / "a" / "b"
+    json_path, _, _ = make_submission(results_path, info_path, split="test-devX", method="m", output_dir=out)
+    assert json_path.parent == out and not (tmp_path / "detections_test-devX_m_results.json").exists()
+    with pytest.raises(UserError, match=r"--method '.x' must be a short name"):
+        submission_name("test-dev2017", ".x")
+    with pytest.raises(ValueError, match="JSON compliant"):  # NaN is refused by the writer too
+        write_submission([dict(detections(4, 1)[0], score=math.nan)], out, split="test-dev2017", method="nan")
+
+
+def test_notes_of_an_empty_submission(tmp_path, info_path):
+    results_path = tmp_path / "detections.json"
+    results_path.write_text("[]")
+    _, _, notes = make_submission(results_path, info_path, split="test-dev2017", method="m")
+    assert notes[0] == "0 detections on 0 of the 3 images of image_info_test-dev2017.json"
+    assert submission_notes([], image_info())[0] == "0 detections on 0 of the 3 images of the image-info file"
+
+
+def test_a_bad_name_or_image_info_file_fails_first_with_its_own_message(tmp_path, info_path):
+    missing = tmp_path / "none.json"
+    with pytest.raises(UserError, match="no underscore"):
+        make_submission(missing, missing, split="test_dev", method="m")  # before reading any file
+    with pytest.raises(UserError, match="image-info file not found"):
+        make_submission(missing, missing, split="test-dev2017", method="m")
+    listed = tmp_path / "list.json"
+    listed.write_text("[]")
+    with pytest.raises(UserError, match=r"image-info file .*list.json has no 'images' list; expected e.g."):
+        make_submission(missing, listed, split="test-dev2017", method="m")
+    no_id = tmp_path / "no_id.json"
+    no_id.write_text(json.dumps({"images": [{"file_name": "a.jpg"}], "categories": [{"id": 1}]}))
+    with pytest.raises(UserError, match="every image and category needs an integer 'id'"):
+        make_submission(missing, no_id, split="test-dev2017", method="m")

@@ -1,8 +1,21 @@
 """Multi-scale and flipped testing on a tiny model."""
 
 import torch
+from torchvision.ops import batched_nms
 
-from detkit.modeling.test_time import detect, flipped, merge_detections, select_adjacent_scales, unflip
+from detkit.config import load_config
+from detkit.modeling.test_time import (
+    Augmentation,
+    FeaturePyramid,
+    detect,
+    flipped,
+    maxout_features,
+    merge_detections,
+    resize_factor,
+    scale_sizes,
+    select_adjacent_scales,
+    unflip,
+)
 from tests.conftest import tiny_model
 
 
@@ -100,3 +113,77 @@ def test_maxout_refinement_with_an_identity_regressor_changes_nothing():
     assert torch.allclose(refined["scores"], plain["scores"], atol=1e-6)
     assert torch.allclose(refined["boxes"], plain["boxes"], atol=1e-4)
 
+
+
+# --- pyramid sizes, flip and maxout features checked against direct computations
+
+def test_scale_sizes_keep_the_long_to_short_ratio_and_the_real_resize_factor():
+    # test sizes (64, 100): the test scale keeps them, other scales keep the ratio 100 / 64
+    assert scale_sizes(64, 64, 100) == (64, 100)
+    assert scale_sizes(96, 64, 100) == (96, 150)
+    assert scale_sizes(48, 64, 100) == (48, 75)
+    # 50 x 100 to short side 100: x2; 50 x 200 capped at 300 on the long side: x1.5 (75 x 300)
+    assert resize_factor(50, 100, 100, 1000) == 2.0
+    assert resize_factor(50, 200, 100, 300) == 1.5
+    assert resize_factor(100, 200, 1, 0) == 0.01  # short side 1: (1, 2)
+    assert resize_factor(40, 70, 0, 0) == 1.0  # min_size 0: no resize
+
+
+def test_flip_testing_is_the_nms_of_the_image_and_its_mirrored_detections():
+    """Flip-only testing at the test scale: the detections of the image and those of its horizontal mirror
+    (boxes mirrored back by hand, x -> W - x), merged by per-class NMS; the config's test keys reach it."""
+    model = tiny_model().eval()
+    cfg = load_config(None, ["test.flip=true"])
+    augmentation = Augmentation.from_config(cfg)
+    assert augmentation == Augmentation(scales=(), flip=True, mode="union")
+    assert Augmentation.from_config(load_config(None, ["test.scales=[48,96]", "test.multiscale_mode=maxout"])) == (
+        Augmentation(scales=(48, 96), flip=False, mode="maxout")
+    )
+    image = torch.randint(0, 256, (3, 64, 96), dtype=torch.uint8, generator=torch.Generator().manual_seed(5))
+    mirror = image[:, :, torch.arange(95, -1, -1)]
+    with torch.no_grad():
+        a = model([image])[0]
+        b = model([mirror])[0]
+        out = augmentation(model, [image])[0]
+    x1, y1, x2, y2 = b["boxes"].unbind(1)
+    b_back = torch.stack([96 - x2, y1, 96 - x1, y2], dim=1)
+    boxes, scores = torch.cat([a["boxes"], b_back]), torch.cat([a["scores"], b["scores"]])
+    labels = torch.cat([a["labels"], b["labels"]])
+    keep = batched_nms(boxes, scores, labels, model.roi_heads.nms_thresh)[: model.roi_heads.detections_per_image]
+    assert len(a["boxes"]) >= 5 and not torch.allclose(a["scores"][:5], b["scores"][:5])  # the mirror differs
+    assert torch.equal(out["labels"], labels[keep])
+    assert torch.allclose(out["scores"], scores[keep])
+    assert torch.allclose(out["boxes"], boxes[keep], atol=1e-4)
+
+
+def test_maxout_features_are_the_max_over_each_regions_two_scales():
+    """Scales 128 (the test scale here), 256, 384 of a 128 x 192 image: factors 1, 2, 3. A 120 x 120 region
+    (area 14400) is closest to 224^2 at x2 (57600, above it): scales (0, 1); a 40 x 40 region (1600) at x3
+    (14400, still below): scales (1, 2). Each region's feature must be the element-wise max of its features
+    computed directly at its two scales (preprocess, backbone, pooling of the scaled box, with the global
+    context of that scale's image)."""
+    model = tiny_model(["model.roi_heads.global_context=true"]).eval()
+    pre = model.preprocessor
+    pre.min_size_test, pre.max_size_test = 128, 200
+    image = torch.randint(0, 256, (3, 128, 192), dtype=torch.uint8, generator=torch.Generator().manual_seed(6))
+    boxes = torch.tensor([[30.0, 4.0, 150.0, 124.0], [100.0, 50.0, 140.0, 90.0]])
+    scales = [128, 256, 384]
+    direct = []
+    with torch.no_grad():
+        for scale, size in zip(scales, [(128, 192), (256, 384), (384, 576)]):
+            batch, sizes, _ = pre([image], min_size=scale, max_size=scale * 200 // 128)
+            assert sizes == [size]
+            direct.append(model.roi_heads.box_features(model.backbone(batch), [boxes * scale / 128], sizes))
+        pyramid = FeaturePyramid(model, image, scales)
+        assert pyramid.factors == [1.0, 2.0, 3.0]
+        # seeded with the test scale's map, as detect_maxout does with the RPN's
+        batch, sizes, _ = pre([image])
+        pyramid.seed(128, 200, model.backbone(batch), sizes[0])
+        features = maxout_features(model, pyramid, boxes)
+        for i, size in enumerate([(128, 192), (256, 384), (384, 576)]):
+            assert pyramid.level(i)[1] == size
+    low, high = select_adjacent_scales(boxes[:, 2:].sub(boxes[:, :2]).prod(1), [1.0, 2.0, 3.0])
+    assert low.tolist() == [0, 1] and high.tolist() == [1, 2]
+    expected = torch.stack([torch.maximum(direct[0][0], direct[1][0]), torch.maximum(direct[1][1], direct[2][1])])
+    assert not torch.allclose(direct[0], direct[1]) and not torch.allclose(direct[1], direct[2])
+    assert torch.allclose(features, expected, atol=1e-5)

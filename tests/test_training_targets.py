@@ -221,3 +221,47 @@ def test_gradient_clipping_bounds_the_update(tmp_path):
         moved[clip] = math.sqrt(sum(((final[n] - first[n]).double() ** 2).sum().item() for n in names))
     assert moved[1e-6] <= lr * 1e-6 * 1.01
     assert moved[0.0] > 1e3 * lr * 1e-6  # without clipping the same step is far larger
+
+
+def test_rpn_anchor_and_proposal_settings_come_from_the_config():
+    rpn = rpn_from_config("model.rpn.anchor_sizes=[30]", "model.rpn.anchor_ratios=[2.0]", "model.rpn.anchor_round=false",
+                          "model.rpn.anchor_offset=0.5", "model.rpn.nms_thresh=0.6", "model.rpn.min_box_size=2.0")
+    gen = rpn.anchor_generator
+    # exact (not rounded) size 30, ratio 2: w = sqrt(900 / 2) = 21.2132..., h = 2 w = 42.4264...
+    w = math.sqrt(450.0)
+    assert torch.allclose(gen.cell_anchors, torch.tensor([[-w / 2, -w, w / 2, w]]))
+    assert gen.offset == 0.5 and (rpn.nms_thresh, rpn.min_box_size) == (0.6, 2.0)
+    other = rpn_from_config("model.rpn.head_channels=4", "model.rpn.loss_weight=2.5")
+    assert other.head.conv.out_channels == 4 and other.loss_weight == 2.5
+    # rounded: w / 2 = 10.6 -> 11, h / 2 = 21.2 -> 21
+    rounded = rpn_from_config("model.rpn.anchor_sizes=[30]", "model.rpn.anchor_ratios=[2.0]", "model.rpn.anchor_round=true")
+    assert torch.equal(rounded.anchor_generator.cell_anchors, torch.tensor([[-11.0, -21.0, 11.0, 21.0]]))
+
+
+def test_rpn_losses_normalised_by_the_anchor_budget_of_the_whole_batch():
+    """Two images, 4 sampled anchors each: the sums are divided by 4 x 2."""
+    rpn = rpn_from_config("model.rpn.batch_size_per_image=4", "model.rpn.smooth_l1_beta=0.0")
+    anchors = torch.tensor([[0.0, 0.0, 10.0, 10.0], [50.0, 50.0, 60.0, 60.0]])
+    logits = torch.tensor([[0.0, 1.0], [2.0, -1.0]])
+    deltas = torch.zeros(2, 2, 4)
+    deltas[1, 0, 0] = 0.3  # image 1, anchor 0: |0.3 - 0.1| = 0.2 against its target dx 0.1
+    labels = torch.tensor([[-1, 0], [1, -1]], dtype=torch.int8)
+    matched = torch.tensor([[[0.0] * 4, [0.0] * 4], [[1.0, 0.0, 11.0, 10.0], [0.0] * 4]])
+    losses = rpn.losses(anchors, logits, deltas, labels, matched)
+    # BCE: image 0's negative logit 1 -> log(1 + e); image 1's positive logit 2 -> log(1 + e^-2)
+    assert losses["loss_rpn_cls"].item() == pytest.approx((math.log1p(math.e) + math.log1p(math.exp(-2.0))) / 8, rel=1e-5)
+    assert losses["loss_rpn_box"].item() == pytest.approx(0.2 / 8, rel=1e-5)
+
+
+def test_roi_head_settings_come_from_the_config():
+    heads = heads_from_config(
+        "model.roi_heads.pooler=roi_align", "model.roi_heads.sampling_ratio=2", "model.roi_heads.pooler_resolution=4",
+        "model.roi_heads.global_context=true", "model.roi_heads.context_shared_head=false",
+        "model.roi_heads.context_pooler_resolution=2", "model.roi_heads.score_threshold=0.2",
+        "model.roi_heads.nms_thresh=0.4", "model.roi_heads.detections_per_image=7",
+        "model.roi_heads.drop_empty_before_nms=false")
+    for pooler, resolution in [(heads.pooler, 4), (heads.context_pooler, 2)]:
+        assert (pooler.kind, pooler.sampling_ratio, pooler.resolution) == ("roi_align", 2, resolution)
+    assert heads.context_head.fc1.in_features == 8 * 2 * 2 and heads.context_head.out_dim == 16  # fc_dim 16
+    assert (heads.score_threshold, heads.nms_thresh, heads.detections_per_image) == (0.2, 0.4, 7)
+    assert heads.drop_empty_before_nms is False
