@@ -277,11 +277,13 @@ def test_ground_truth_of_a_voc_set_and_of_a_coco_set():
     assert gt.coco.getAnnIds(imgIds=[1]) == [1, 2]  # indexed
     assert (gt.image_ids, gt.coco_image_ids, gt.class_names) == (["000005", "000007"], [1, 2], ["cat", "dog"])
     assert gt.supercategories == ["cat", "dog"] and gt.coco_id_of() == {"000005": 1, "000007": 2}
+    assert gt.category_ids == [1, 2]
     # a COCO-format set: its own ground truth; a class without supercategory is its own
     coco = make_gt([], 2, [{"id": 1, "name": "cat", "supercategory": "animal"}, {"id": 4, "name": "ox"}]).coco
     ds = SimpleNamespace(kind="coco", class_names=["cat", "ox"], category_ids=[1, 4], image_ids=[1, 2], coco=coco)
     gt = analysis.ground_truth_of(ds)
     assert gt.coco is coco and gt.image_ids == gt.coco_image_ids == [1, 2] and gt.category_ids == [1, 4]
+    assert gt.class_names == ["cat", "ox"]
     assert gt.supercategories == ["animal", "ox"]
 
 
@@ -365,6 +367,7 @@ def test_match_image_at_the_iou_boundary_in_score_order():
     assert o.det_status == ["TP", "FP-dup", "ignored", "FP", "TP"]
     assert o.det_match.tolist() == [0, -1, -1, -1, 2]
     assert o.gt_status == ["TP", "crowd", "TP"]
+    assert o.image_id == 7 and o.gt_boxes.tolist() == [cat_box, crowd, dog_box]
     assert o.gt_areas.tolist() == [200, 100, 400]  # w * h by default
     given = confusion.match_image(7, [cat_box], [0], [False], [], [], [], gt_areas=[150.0])
     assert given.gt_areas.tolist() == [150.0] and given.gt_status == ["FN"]
@@ -464,6 +467,8 @@ def test_error_curves_count_the_100_best_detections_of_an_image_and_tiny_boxes()
         [100 / 12] * 5 + [100, 100]
     )
     assert [errors["per_class"]["car"][k] for k in error_breakdown.ERROR_KEYS] == pytest.approx([100] * 7)
+    # the size view counts the same 100: recall at IoU .5 is 0 for cat, 1 for dog and car
+    assert analysis.size_view(gt, coco_dt, edges=(0, 1e5))["recall50"] == [pytest.approx(200 / 3)]
 
 
 def test_the_report_runs_the_backend_asked_for(faster_coco_eval_runs):
@@ -474,3 +479,22 @@ def test_the_report_runs_the_backend_asked_for(faster_coco_eval_runs):
     assert len(runs) == 6  # Loc; Sim and Oth of cat and of dog; Oth of car (alone in its supercategory)
     analysis.size_view(gt, coco_dt, backend="faster_coco_eval", edges=(0, 32, 96, 1e5))
     assert len(runs) == 7
+
+
+def test_image_outcomes_read_the_annotations_area_crowd_flag_and_thresholds():
+    gt = make_gt([{"image_id": 1, "category_id": 1, "bbox": [0, 0, 20, 10], "area": 150.0}], 1)
+    del gt.coco.anns[1]["iscrowd"]  # optional in COCO files: not a crowd region
+    dets = [{"image_id": 1, "category_id": 1, "bbox": [0, 0, 12, 10], "score": 0.5}]  # IoU 0.6
+    (o,) = confusion.image_outcomes(gt, dets, score_threshold=0.5)  # a score equal to the threshold counts
+    assert o.image_id == 1 and o.gt_status == ["TP"] and o.gt_areas.tolist() == [150.0]  # the annotated area
+    (o,) = confusion.image_outcomes(gt, dets, iou=0.75, score_threshold=0.5)
+    assert o.gt_status == ["FN"] and o.det_status == ["FP"]
+
+
+def test_evaluated_boxes_leave_out_crowds_other_images_and_classes():
+    box = [10, 10, 20, 20]
+    coco = make_gt([{"image_id": 1, "category_id": 1, "bbox": box}, {"image_id": 1, "category_id": 1, "bbox": box, "iscrowd": 1},
+                    {"image_id": 2, "category_id": 1, "bbox": box}, {"image_id": 1, "category_id": 5, "bbox": box}], 2).coco  # fmt: skip
+    del coco.anns[1]["iscrowd"]  # optional: not a crowd region
+    gt = analysis.GroundTruth(coco, [1], [1], ["cat", "dog"], [1, 2], ["animal", "animal"])  # image 1, no car
+    assert [a["id"] for a in analysis.evaluated_boxes(gt)] == [1]

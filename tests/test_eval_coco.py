@@ -11,7 +11,7 @@ from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
 from detkit.errors import UserError
-from detkit.evaluation.coco import COCOEvaluator, evaluate_results, format_per_class_table
+from detkit.evaluation.coco import COCOEvaluator, evaluate_results, format_per_class_table, summary_metrics
 from detkit.evaluation.results import load_results, save_results
 
 CATEGORY_IDS = [3, 7, 11]  # non-contiguous, like COCO's
@@ -195,3 +195,35 @@ def test_process_takes_plain_and_numpy_image_ids():
         evaluator.process([{"image_id": 20}] * 2, [out])
     with pytest.raises(ValueError, match=r"COCOEvaluator.evaluate\(\) called before any process\(\)"):
         COCOEvaluator(coco_gt=coco_gt, category_ids=CATEGORY_IDS, class_names=CLASS_NAMES).evaluate()
+
+
+def test_an_area_range_without_ground_truth_is_none():
+    coco_gt = make_gt()
+    small = [a for a in coco_gt.dataset["annotations"] if a["area"] < 32**2]  # medium and large left out
+    coco_gt.dataset["annotations"] = small
+    with contextlib.redirect_stdout(io.StringIO()):
+        coco_gt.createIndex()
+    dets = [{"image_id": a["image_id"], "category_id": a["category_id"], "bbox": a["bbox"], "score": 0.9} for a in small]
+    with contextlib.redirect_stdout(io.StringIO()):
+        metrics = evaluate_results(coco_gt, dets, CLASS_NAMES, CATEGORY_IDS)
+    assert metrics["APm"] is None and metrics["APl"] is None
+    assert metrics["AP"] == pytest.approx(100.0) and metrics["APs"] == pytest.approx(100.0)
+
+
+def test_per_class_ap50_at_100_detections_and_unknown_image_ids():
+    coco_gt = make_gt()
+    x, y, w, h = coco_gt.loadAnns(coco_gt.getAnnIds(imgIds=[10], catIds=[3]))[0]["bbox"]
+    # 11 cats on nothing, then a cat found at rank 12 (lost if only 10 detections per image counted) at
+    # IoU 0.52 (found at IoU .5 only)
+    boxes = [[600.0, 400.0, 620.0, 420.0]] * 11 + [[x, y, x + 0.52 * w, y + h]]
+    out = {"boxes": torch.tensor(boxes), "scores": torch.linspace(0.9, 0.3, 12), "labels": torch.zeros(12, dtype=torch.int64)}
+    ref = reference(coco_gt, {10: out}, [10])
+    metrics, ap50 = summary_metrics(ref, CLASS_NAMES, CATEGORY_IDS)
+    expected = {}
+    for k, name in enumerate(CLASS_NAMES):
+        p = ref.eval["precision"][0, :, k, 0, 2]  # IoU .5, area all, 100 detections
+        expected[name] = 100 * p[p > -1].mean() if (p > -1).any() else None
+    assert ap50 == pytest.approx(expected) and 0 < ap50["cat"] < 100 and ap50["zebra"] is None
+    assert metrics["per_class"]["cat"] == pytest.approx(ap50["cat"] / 10)  # found at one IoU threshold of ten
+    with pytest.raises(UserError, match=r"image ids \[999\] are not in the ground truth json"):
+        evaluate_results(coco_gt, [], CLASS_NAMES, CATEGORY_IDS, img_ids=[10, 999])

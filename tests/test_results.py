@@ -101,3 +101,37 @@ def test_tensors_that_require_grad_and_bad_image_ids():
     output["scores"] = torch.tensor([0.5, 0.4])
     with pytest.raises(ValueError, match="output sizes differ: 1 boxes, 2 scores, 1 labels"):
         to_coco_results(3, output, category_ids=[1])
+
+
+@pytest.mark.parametrize(
+    "entry, problem",
+    [
+        ([1, 2], "is a list, not an object"),
+        ({"image_id": 1}, r"misses key\(s\) category_id, bbox, score"),
+        (dict(GOOD, image_id=1.0), "has image_id 1.0 "),
+        (dict(GOOD, image_id=True), "has image_id True "),
+        (dict(GOOD, category_id=1.0), "has category_id 1.0 "),
+        (dict(GOOD, bbox=[0, 0, 1, 1, 1]), r"has bbox \[0, 0, 1, 1, 1\] \(four numbers"),
+        (dict(GOOD, bbox=5), r"has bbox 5 \(four numbers"),
+        (dict(GOOD, bbox=[0, 0, -1, 1]), "has a bbox with negative width or height"),
+        (dict(GOOD, bbox=[0, 0, 1, -1]), "has a bbox with negative width or height"),
+    ],
+)
+def test_load_names_each_kind_of_bad_entry(tmp_path, entry, problem):
+    path = write(tmp_path / "dets.json", [GOOD, entry])
+    with pytest.raises(UserError, match=f"dets.json: entry 1 {problem}"):
+        load_results(path)
+
+
+def test_load_messages_name_the_file_and_how_to_fix_it(tmp_path):
+    with pytest.raises(UserError, match="^results file not found: "):
+        load_results(tmp_path / "missing.json")
+    (tmp_path / "corrupt.json").write_text("[{")
+    with pytest.raises(UserError, match=r"^results file .*corrupt.json is not valid JSON .*; write it with detkit's"):
+        load_results(tmp_path / "corrupt.json")
+    path = write(tmp_path / "dets.json", {"a": 1})
+    with pytest.raises(UserError, match="must hold a JSON list of detections, got a dict$"):
+        load_results(path)
+    path = write(tmp_path / "dets.json", [{}])
+    with pytest.raises(UserError, match="each entry needs image_id, category_id, bbox .x, y, w, h. and score, all finite$"):
+        load_results(path)

@@ -184,6 +184,8 @@ def test_sidecar_round_trip(tmp_path):
     assert meta["file"] == "detections.json" and meta["config"] == "configs/x.yaml"
     assert meta["weights"] == "model_final.pth" and meta["detkit_version"] and meta["created"].endswith("+00:00")
     assert read_sidecar(tmp_path / "other.json") is None
+    assert "git_commit" in meta  # None outside a git checkout
+    assert read_sidecar(write_sidecar(tmp_path / "new" / "dir" / "x.json").with_name("x.json"))["file"] == "x.json"
     sidecar_path(tmp_path / "list.json").write_text("[1]")  # valid JSON, not a sidecar
     assert read_sidecar(tmp_path / "list.json") is None
     assert metrics_path_for(path) == tmp_path / "metrics.json"
