@@ -9,6 +9,7 @@ from torchvision.ops import FrozenBatchNorm2d
 from detkit import build_model, load_config
 from detkit.errors import UserError
 from detkit.modeling.build import load_detector, resolve_device
+from detkit.modeling.detector import FasterRCNN
 from tests.conftest import as_overrides, tiny_config_dict
 
 # the tiny detector with the fc head, class count left unset
@@ -57,13 +58,16 @@ def test_load_detector_reads_only_the_given_weights_and_applies_the_test_switche
     torch.save({"model": build_model(load_config(None, BASE + frozen), num_classes=2).state_dict()}, path)
     # every tensor comes from `path`: the backbone's and model.weights' files are not read (absent here)
     absent = [f"model.backbone.weights={tmp_path / 'absent_r18.pth'}", f"model.weights={tmp_path / 'absent.pth'}"]
-    cfg = load_config(None, BASE + frozen + absent + ["test.fold_bn=true", "test.compile=true"])
+    cfg = load_config(None, BASE + frozen + absent + ["test.fold_bn=true", "test.compile=true", "test.amp=true"])
     compiled = []
     monkeypatch.setattr(torch, "compile", lambda module, **kwargs: compiled.append(module) or module)
+    monkeypatch.setattr(FasterRCNN, "device", property(lambda self: torch.device("cuda")))  # test.amp: CUDA only
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda: True)
     model, _ = load_detector(cfg, path)
     assert cfg.model.backbone.weights == str(tmp_path / "absent_r18.pth")  # the caller's config is left alone
     assert not any(isinstance(m, FrozenBatchNorm2d) for m in model.modules())  # test.fold_bn
     assert compiled == [model.backbone, model.roi_heads.box_head]  # test.compile
+    assert model.amp_dtype == torch.bfloat16  # test.amp
 
 
 def test_model_weights_keep_the_tensors_whose_shapes_differ_fresh(tmp_path, caplog):

@@ -4,6 +4,7 @@ import pytest
 import torch
 from torchvision.ops import FrozenBatchNorm2d
 
+from detkit.modeling.detector import FasterRCNN
 from detkit.modeling.optimize import optimize_for_inference
 from detkit.modeling.roi_heads import RoIPooler
 from tests.conftest import randomise_frozen_bn, tiny_model
@@ -60,6 +61,15 @@ def test_compile_wraps_the_trunk_and_the_region_head(monkeypatch):
 def test_amp_is_a_no_op_on_cpu():
     model = optimize_for_inference(frozen_model(), amp=True)
     assert model.amp_dtype is None  # CUDA only: the same config runs on a CPU unchanged
+
+
+@pytest.mark.parametrize(("bf16", "dtype"), [(True, torch.bfloat16), (False, torch.float16)])
+def test_amp_dtype_on_cuda(monkeypatch, bf16, dtype):
+    # the choice alone, without a GPU: the model says it is on CUDA, the GPU says whether it has bf16
+    monkeypatch.setattr(FasterRCNN, "device", property(lambda self: torch.device("cuda")))
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda: bf16)
+    assert optimize_for_inference(frozen_model(), amp=True).amp_dtype == dtype
+    assert optimize_for_inference(frozen_model()).amp_dtype is None
 
 
 def test_no_switch_no_change():

@@ -11,14 +11,15 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def run_tool(*args, env=None):
     return subprocess.run([sys.executable, "tools/recipe_search.py", *map(str, args)], capture_output=True,
-                          text=True, cwd=ROOT, timeout=300, env=env)  # fmt: skip
+                          text=True, cwd=ROOT, timeout=900, env=env)  # fmt: skip
 
 
 def test_recipe_runs_each_variant_resumes_and_tabulates(tiny_config, tmp_path, monkeypatch):
     monkeypatch.setenv("DETKIT_CACHE", str(tmp_path / "cache"))
     out = tmp_path / "recipes"
-    common = ["--config", tiny_config, "--output-dir", out, "--variants", "plain", "fine", "--num-images", 6, 3]
-    r = run_tool("--name", "tiny", *common, "solver.max_iter=2", "solver.checkpoint_period=0")
+    common = ["--config", tiny_config, "--output-dir", out, "--variants", "plain,fine", "--num-images", 6, 3]
+    # overrides right after a list option belong to the recipe, not to the list
+    r = run_tool("--name", "tiny", *common, "--seeds", "0", "solver.max_iter=2", "solver.checkpoint_period=0")
     assert r.returncode == 0, r.stderr[-2000:]
 
     runs = {v: json.loads((out / "tiny" / f"{v}-s0" / "run.json").read_text()) for v in ("plain", "fine")}
@@ -39,7 +40,7 @@ def test_recipe_runs_each_variant_resumes_and_tabulates(tiny_config, tmp_path, m
     # a second call with the same recipe trains nothing
     log = out / "tiny" / "plain-s0" / "log.txt"
     before = log.stat().st_mtime_ns
-    r = run_tool("--name", "tiny", *common, "solver.max_iter=2", "solver.checkpoint_period=0")
+    r = run_tool("--name", "tiny", *common, "--seeds", "0", "solver.max_iter=2", "solver.checkpoint_period=0")
     assert r.returncode == 0 and r.stdout.count("done before, skipped") == 2 and log.stat().st_mtime_ns == before
 
     # --table prints the same row
@@ -55,7 +56,8 @@ def test_bad_recipes_stop_before_training(tiny_config, tmp_path):
     cases = [
         (["--name", "used", "solver.max_iter=3"], r"recipe 'used' .* choose another --name"),
         (["--name", "x", "solver.max_iterations=3"], r"solver.max_iterations"),
-        (["--name", "x", "--variants", "plain", "huge"], r"shapes variant 'huge' is not valid"),
+        (["--name", "x", "--variants", "plain,huge"], r"shapes variant 'huge' is not valid"),
+        (["--name", "x", "--seeds", "0,one"], r"comma-separated list of int"),
         (["--name", "a/b"], r"--name must be a plain folder name"),
         ([], r"give --name NAME"),
     ]

@@ -1,8 +1,8 @@
 """Train and evaluate one training recipe on the shapes set and each of its variants, and print the table
 of every recipe run so far (README "Recipe search").
 
-python tools/recipe_search.py --name NAME [--config configs/shapes_r18.yaml] [--variants plain fine textured small]
-                              [--seeds 0 1] [--output-dir output/recipes] [KEY=VALUE ...]
+python tools/recipe_search.py --name NAME [--config configs/shapes_r18.yaml] [--variants plain,fine,textured,small]
+                              [--seeds 0,1] [--output-dir output/recipes] [KEY=VALUE ...]
 python tools/recipe_search.py --table [--output-dir output/recipes]
 
 A recipe is the config plus the KEY=VALUE overrides. For every variant and seed the tool runs
@@ -13,6 +13,7 @@ search continues where it stopped; a name cannot be reused for other overrides. 
 before the first one starts, so a bad KEY=VALUE stops the search at once.
 """
 
+import argparse
 import json
 import subprocess
 import sys
@@ -109,13 +110,25 @@ def format_table(runs: list[dict], variants: list[str]) -> str:
     return "\n".join(lines)
 
 
+def comma_list(kind):
+    def parse(text: str) -> list:
+        try:
+            return [kind(item) for item in text.split(",")]
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a comma-separated list of {kind.__name__}, got {text!r}") from None
+
+    return parse
+
+
 def parse_arguments():
     parser = ArgumentParser(description="Run a training recipe on the shapes set and its variants; print the table.")
     parser.add_argument("--name", help="the recipe's name (a folder under --output-dir)")
     parser.add_argument("--config", default="configs/shapes_r18.yaml")
-    parser.add_argument("--variants", nargs="+", default=DEFAULT_VARIANTS,
-                        help=f"datasets to run: {PLAIN} and/or shapes variants such as fine, fine+small (default: all)")
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0])
+    # comma-separated lists, not nargs="+": a list option would swallow the KEY=VALUE overrides after it
+    parser.add_argument("--variants", type=comma_list(str), default=DEFAULT_VARIANTS,
+                        help=f"comma-separated datasets: {PLAIN} and/or shapes variants such as fine, fine+small "
+                        f"(default: {','.join(DEFAULT_VARIANTS)})")
+    parser.add_argument("--seeds", type=comma_list(int), default=[0], help="comma-separated training seeds (default: 0)")
     parser.add_argument("--num-images", type=int, nargs=2, metavar=("TRAIN", "TEST"),
                         help="images per split (default: the shapes set's 2000 / 300)")
     parser.add_argument("--output-dir", default="output/recipes")
