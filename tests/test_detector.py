@@ -4,6 +4,7 @@ import pytest
 import torch
 import torchvision
 
+from detkit.modeling.detector import ImagePreprocessor
 from tests.conftest import tiny_model
 
 
@@ -131,12 +132,26 @@ def test_test_size_zero_keeps_the_input_size_and_other_sizes_resize():
     assert model.preprocessor([image], min_size=0, max_size=0)[1] == [(50, 100)]
     assert model.preprocessor([image], min_size=1, max_size=0)[1] == [(1, 2)]
     assert model.train().preprocessor([image])[1] == [(50, 100)]  # training inputs come resized
+    # a float64 image of the same pixels gives the same float32 batch
+    as_double = model.preprocessor([image.double()])[0]
+    assert as_double.dtype == torch.float32 and torch.equal(as_double, model.preprocessor([image])[0])
 
 
 def test_bad_inputs_raise_clear_errors():
     model = tiny_model()
     for shape in [(1, 20, 30), (3, 20, 30, 1)]:
-        with pytest.raises(ValueError, match=rf"image 0 must be a \(3, H, W\) RGB tensor, got shape \({shape[0]}, 20, 30"):
+        with pytest.raises(ValueError, match=rf"^image 0 must be a \(3, H, W\) RGB tensor, got shape \({shape[0]}, 20, 30"):
             model.eval()([torch.zeros(shape, dtype=torch.uint8)])
-    with pytest.raises(ValueError, match="FasterRCNN needs targets in training mode"):
+    with pytest.raises(ValueError, match="^FasterRCNN needs targets in training mode$"):
         model.train()([torch.zeros(3, 20, 30, dtype=torch.uint8)])
+
+
+def test_mapped_boxes_are_clipped_on_every_side():
+    """`clip_mapped_boxes`: a 50 x 100 resized image of a 100 x 150 input (x * 1.5, y * 2); boxes past the right
+    and bottom edges are cut there."""
+    pre = ImagePreprocessor(pixel_mean=[0.0] * 3, pixel_std=[1.0] * 3, min_size_test=0, max_size_test=0,
+                            clip_mapped_boxes=True)
+    det = {"boxes": torch.tensor([[90.0, 10.0, 120.0, 40.0], [10.0, 30.0, 20.0, 70.0]]),
+           "scores": torch.tensor([0.9, 0.8]), "labels": torch.tensor([1, 2])}
+    out = pre.postprocess([det], [(50, 100)], [(100, 150)])[0]
+    assert out["boxes"].tolist() == [[135.0, 20.0, 150.0, 80.0], [15.0, 60.0, 30.0, 100.0]]

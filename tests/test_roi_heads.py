@@ -230,5 +230,21 @@ def test_box_voting_includes_boxes_at_the_threshold():
 
 def test_training_without_targets_is_an_error():
     heads = make_heads().train()
-    with pytest.raises(ValueError, match="RoIHeads needs targets in training mode"):
+    with pytest.raises(ValueError, match="^RoIHeads needs targets in training mode$"):
         heads(torch.zeros(2, 8, 4, 4), PROPOSALS, SIZES)
+
+
+def test_detections_with_global_context_do_not_depend_on_the_batch():
+    """Each image's regions are joined by its own whole-image feature: detecting on a batch of two images of
+    different sizes gives each image the detections it gets alone."""
+    heads = make_heads(global_context=True, pooler="roi_align").eval()
+    torch.manual_seed(2)
+    feature = torch.randn(2, 8, 4, 4)
+    sizes = [(64, 48), (40, 64)]
+    with torch.no_grad():
+        both = heads(feature, PROPOSALS, sizes)[0]
+        alone = [heads(feature[i : i + 1], [PROPOSALS[i]], [sizes[i]])[0][0] for i in range(2)]
+    for b, a in zip(both, alone):
+        assert len(a["boxes"]) >= 1
+        assert torch.equal(b["labels"], a["labels"]) and torch.allclose(b["scores"], a["scores"], atol=1e-6)
+        assert torch.allclose(b["boxes"], a["boxes"], atol=1e-5)
