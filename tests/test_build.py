@@ -23,7 +23,15 @@ def _save(path, num_classes, **extra):
     return state
 
 
-def test_load_detector_class_names_and_count(tmp_path, caplog):
+@pytest.fixture
+def detkit_log(caplog, monkeypatch):
+    """caplog that sees the detkit logger also after a test in this process ran setup_logging, which stops
+    the logger's propagation to the root handlers (caplog's among them)."""
+    monkeypatch.setattr(logging.getLogger("detkit"), "propagate", True)
+    return caplog
+
+
+def test_load_detector_class_names_and_count(tmp_path, detkit_log):
     named = tmp_path / "named.pth"
     state = _save(named, 3, class_names=["a", "b", "c"])
     model, names = load_detector(load_config(None, BASE), named, class_names=["x", "y", "z"])
@@ -38,9 +46,9 @@ def test_load_detector_class_names_and_count(tmp_path, caplog):
     model, names = load_detector(load_config(None, BASE), bare)
     assert names == ["class_0", "class_1"] and model.roi_heads.predictor.cls_score.out_features == 3
     # without weights: the count from the config, else from the names given
-    with caplog.at_level(logging.WARNING, logger="detkit"):
+    with detkit_log.at_level(logging.WARNING, logger="detkit"):
         model, names = load_detector(load_config(None, BASE + ["model.num_classes=4"]), None)
-    assert names == [f"class_{i}" for i in range(4)] and "no weights given" in caplog.text
+    assert names == [f"class_{i}" for i in range(4)] and "no weights given" in detkit_log.text
     model, names = load_detector(load_config(None, BASE), None, class_names=["p", "q"])
     assert names == ["p", "q"] and model.roi_heads.predictor.cls_score.out_features == 3
     model, _ = load_detector(load_config(None, BASE + ["model.num_classes=4"]), None, class_names=["p", "q"])
@@ -70,25 +78,25 @@ def test_load_detector_reads_only_the_given_weights_and_applies_the_test_switche
     assert model.amp_dtype == torch.bfloat16  # test.amp
 
 
-def test_model_weights_keep_the_tensors_whose_shapes_differ_fresh(tmp_path, caplog):
+def test_model_weights_keep_the_tensors_whose_shapes_differ_fresh(tmp_path, detkit_log):
     path = tmp_path / "three.pth"
     state = _save(path, 3)
     cfg = load_config(None, BASE + ["model.num_classes=5", f"model.weights={path}"])
     torch.manual_seed(2)
     fresh = build_model(load_config(None, BASE), num_classes=5).state_dict()
     torch.manual_seed(2)
-    with caplog.at_level(logging.INFO, logger="detkit"):
+    with detkit_log.at_level(logging.INFO, logger="detkit"):
         tuned = build_model(cfg).state_dict()
     assert cfg.model.num_classes == 5  # the caller's config is left as it was
     predictor = sorted(k for k in tuned if k.startswith("roi_heads.predictor."))
     assert len(predictor) == 4
     for key in tuned:
         assert torch.equal(tuned[key], fresh[key] if key in predictor else state[key]), key
-    assert f"initialised {len(tuned) - 4} tensors from {path}; new: {', '.join(predictor)}" in caplog.text
-    caplog.clear()
-    with caplog.at_level(logging.INFO, logger="detkit"):
+    assert f"initialised {len(tuned) - 4} tensors from {path}; new: {', '.join(predictor)}" in detkit_log.text
+    detkit_log.clear()
+    with detkit_log.at_level(logging.INFO, logger="detkit"):
         build_model(load_config(None, BASE + ["model.num_classes=3", f"model.weights={path}"]))
-    assert f"tensors from {path}; new: none" in caplog.text
+    assert f"tensors from {path}; new: none" in detkit_log.text
     other = tmp_path / "other.pth"
     torch.save({"model": {"head.weight": torch.zeros(2, 2)}}, other)
     with pytest.raises(UserError, match=f"model.weights={other}: no layer of the checkpoint fits this model"):
