@@ -47,7 +47,6 @@ from detkit.errors import UserError
 
 logger = logging.getLogger(__name__)
 
-CLASS_NAMES = ["circle", "square", "triangle", "star", "hexagon", "cross"]
 SPLITS = ("train", "test")
 VARIANTS = ("fine", "textured", "small")  # see the module docstring; combined with "+"
 DEFAULT_NUM_IMAGES = {"train": 2000, "test": 300}
@@ -119,6 +118,7 @@ _PLAIN_CLASSES = (
     ShapeClass("hexagon", 5, _regular(6), rotates=True),
     ShapeClass("cross", 6, _cross(), rotates=True),
 )
+CLASS_NAMES = [c.name for c in _PLAIN_CLASSES]  # the plain set's classes, category ids 1..6 in this order
 _FINE_CLASSES = tuple(
     ShapeClass(outline_name + ("" if mark is None else "-" + mark), first_id + k, outline, rotates=True,
                mark=() if mark is None else tuple(_MARKS[mark]))  # fmt: skip
@@ -345,7 +345,8 @@ def generate_shapes(out_dir: Path, split: str, num_images: int, seed: int, varia
                     "segmentation": [[round(float(v), 2) for v in obj["poly"].reshape(-1)]],
                 }
             )
-    named = f", variant {'+'.join(parse_variant(variant))}" if parse_variant(variant) else ""
+    names = "+".join(parse_variant(variant))
+    named = f", variant {names}" if names else ""
     data = {
         "info": {"description": f"detkit synthetic shapes ({VERSION}), split {split}, seed {seed}{named}"},
         "images": images,
