@@ -211,6 +211,7 @@ DEFAULTS: dict[str, Any] = {
             "bg_iou_thresh_low": between(0.0, 0.0, 1.0),  # IoU in [this, fg_iou_thresh): background (Fast R-CNN used 0.1)
             "bbox_reg_weights": numbers([10.0, 10.0, 5.0, 5.0], length=4, positive=True),  # scales of the (dx, dy, dw, dh) targets
             "smooth_l1_beta": at_least(0.0, 0.0),  # 0 gives L1, as detectron2
+            "label_smoothing": Rule(0.0, "a number in [0, 1)", lambda v: 0.0 <= v < 1.0),  # classification target: 1 - eps on the true class + eps / (K+1) on every class; 0: off
             "score_threshold": between(0.05, 0.0, 1.0),  # detections below this score are dropped
             "nms_thresh": between(0.5, 0.0, 1.0),  # per-class NMS IoU at test time
             "drop_empty_before_nms": True,  # drop boxes with a side <= 0.01 px before NMS; false: keep them (detectron2)

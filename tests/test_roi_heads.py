@@ -248,3 +248,29 @@ def test_detections_with_global_context_do_not_depend_on_the_batch():
         assert len(a["boxes"]) >= 1
         assert torch.equal(b["labels"], a["labels"]) and torch.allclose(b["scores"], a["scores"], atol=1e-6)
         assert torch.allclose(b["boxes"], a["boxes"], atol=1e-5)
+
+
+def test_label_smoothing_puts_eps_over_all_classes_in_the_classification_loss():
+    logits = torch.tensor([[2.0, -1.0, 0.5, 0.0], [0.1, 0.2, -0.3, 1.5]])  # (R=2, K+1=4)
+    labels = torch.tensor([0, 3])
+    deltas, boxes = torch.zeros(2, 12), torch.tensor([[0.0, 0.0, 10.0, 10.0]] * 2)
+    log_p = torch.log_softmax(logits, dim=1)
+    eps = 0.2
+    # target 1 - eps on the true class plus eps / 4 on every class, written out
+    expected = -((1 - eps) * log_p[torch.arange(2), labels] + eps / 4 * log_p.sum(1)).mean()
+    plain = make_heads().losses(logits, deltas, boxes, labels, boxes)["loss_cls"]
+    smoothed = make_heads(label_smoothing=eps).losses(logits, deltas, boxes, labels, boxes)["loss_cls"]
+    assert torch.allclose(smoothed, expected)
+    assert torch.allclose(plain, -log_p[torch.arange(2), labels].mean())
+    assert smoothed.item() != pytest.approx(plain.item(), abs=1e-3)
+
+
+def test_label_smoothing_from_config_and_checked_at_load(tmp_path):
+    from detkit.config import load_config
+    from detkit.errors import UserError
+
+    cfg = load_config("configs/shapes_r18.yaml", ["model.roi_heads.label_smoothing=0.1"])
+    heads = RoIHeads.from_config(cfg, in_channels=8, res5=None, num_classes=3)
+    assert heads.label_smoothing == 0.1
+    with pytest.raises(UserError, match="label_smoothing"):
+        load_config("configs/shapes_r18.yaml", ["model.roi_heads.label_smoothing=1.0"])

@@ -124,6 +124,8 @@ class RoIHeads(nn.Module):
         batch_size_per_image  RoIs sampled per image for the losses (ground-truth boxes join the proposals)
         positive_fraction     at most this share of the sampled RoIs is foreground
         smooth_l1_beta        beta of the box loss's smooth L1, in encoded units (0: L1)
+        label_smoothing       the classification target puts 1 - eps on the true class and spreads eps
+                              uniformly over all K+1 classes (Szegedy et al. 2016); 0: plain cross-entropy
     Inference:
         score_threshold       class scores strictly above it are candidates
         nms_thresh            per-class NMS IoU
@@ -152,6 +154,7 @@ class RoIHeads(nn.Module):
         batch_size_per_image: int = 512,
         positive_fraction: float = 0.25,
         smooth_l1_beta: float = 0.0,
+        label_smoothing: float = 0.0,
         score_threshold: float = 0.05,
         nms_thresh: float = 0.5,
         detections_per_image: int = 100,
@@ -173,6 +176,7 @@ class RoIHeads(nn.Module):
         self.batch_size_per_image = batch_size_per_image
         self.positive_fraction = positive_fraction
         self.smooth_l1_beta = smooth_l1_beta
+        self.label_smoothing = label_smoothing
         self.score_threshold = score_threshold
         self.nms_thresh = nms_thresh
         self.detections_per_image = detections_per_image
@@ -220,6 +224,7 @@ class RoIHeads(nn.Module):
             batch_size_per_image=c.batch_size_per_image,
             positive_fraction=c.positive_fraction,
             smooth_l1_beta=c.smooth_l1_beta,
+            label_smoothing=c.label_smoothing,
             score_threshold=c.score_threshold,
             nms_thresh=c.nms_thresh,
             detections_per_image=c.detections_per_image,
@@ -295,7 +300,7 @@ class RoIHeads(nn.Module):
             # where cross-entropy's mean over nothing would be NaN
             zero = logits.sum() * 0.0 + deltas.sum() * 0.0
             return {"loss_cls": zero, "loss_box": zero.clone()}
-        loss_cls = F.cross_entropy(logits, labels)
+        loss_cls = F.cross_entropy(logits, labels, label_smoothing=self.label_smoothing)
         fg = torch.nonzero(labels < self.num_classes).squeeze(1)
         # (R, 4K) -> (R, K, 4); take each foreground RoI's deltas for its ground-truth class
         pred = deltas.view(deltas.shape[0], -1, 4)[fg, labels[fg]]
