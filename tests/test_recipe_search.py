@@ -36,6 +36,7 @@ def test_recipe_runs_each_variant_resumes_and_tabulates(tiny_config, tmp_path, m
     assert cells[2:4] == [f"{ap50[0]:.1f} / {ap[0]:.1f}", f"{ap50[1]:.1f} / {ap[1]:.1f}"]
     assert cells[4] == f"**{(ap50[0] + ap50[1]) / 2:.1f} / {(ap[0] + ap[1]) / 2:.1f}**"
     assert re.fullmatch(r"\d+:\d\d", cells[5])
+    assert cells[6] == runs["plain"]["cpu"] == runs["fine"]["cpu"] and cells[6] not in ("", "-", "unknown")
 
     # a second call with the same recipe trains nothing
     log = out / "tiny" / "plain-s0" / "log.txt"

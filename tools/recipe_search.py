@@ -8,13 +8,15 @@ python tools/recipe_search.py --table [--output-dir output/recipes]
 A recipe is the config plus the KEY=VALUE overrides. For every variant and seed the tool runs
 `tools/train_net.py` (the README's first command) with `data.train`/`data.test` pointed at that variant of the
 shapes set and `seed=S`, in its own process, into OUTPUT_DIR/NAME/<variant>-s<seed>/, and records the wall time
-and the final metrics there in run.json. Runs that already have a run.json are skipped, so an interrupted
+the final metrics and the CPU's model name there in run.json (a run reproduces to the last digit only on the
+same kind of CPU). Runs that already have a run.json are skipped, so an interrupted
 search continues where it stopped; a name cannot be reused for other overrides. Every run's config is loaded
 before the first one starts, so a bad KEY=VALUE stops the search at once.
 """
 
 import argparse
 import json
+import platform
 import subprocess
 import sys
 import time
@@ -63,6 +65,18 @@ def check_recipe_dir(recipe_dir: Path, record: dict) -> None:
     write_json(path, record, indent=2)
 
 
+def cpu_name() -> str:
+    """The CPU's model name: the first "model name" of /proc/cpuinfo (Linux), else platform.processor()."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            key, _, value = line.partition(":")
+            if key.strip() == "model name" and value.strip():
+                return value.strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
 def run_one(config: str, run_dir: Path, overrides: list[str]) -> dict:
     """Train and evaluate in a child process (the README's command); return the run record."""
     command = [sys.executable, str(TRAIN_NET), "--config", config, "--output-dir", str(run_dir), *overrides]
@@ -73,7 +87,7 @@ def run_one(config: str, run_dir: Path, overrides: list[str]) -> dict:
     if result.returncode != 0:
         raise UserError(f"training in {run_dir} failed with exit status {result.returncode} (its log: {run_dir}/log.txt)")
     metrics = json.loads((run_dir / "metrics.json").read_text())
-    return {"overrides": overrides, "wall_s": round(wall, 1), "metrics": metrics}
+    return {"overrides": overrides, "wall_s": round(wall, 1), "cpu": cpu_name(), "metrics": metrics}
 
 
 def read_runs(root: Path) -> list[dict]:
@@ -90,8 +104,8 @@ def read_runs(root: Path) -> list[dict]:
 
 def format_table(runs: list[dict], variants: list[str]) -> str:
     """Markdown: one row per recipe and seed, mAP@.5 / mAP@.5:.95 per variant, their mean (only when every
-    variant has run), and the plain set's wall time."""
-    header = "| recipe | seed | " + " | ".join(variants) + " | mean | plain wall |"
+    variant has run), the plain set's wall time and the CPUs the row's runs ran on."""
+    header = "| recipe | seed | " + " | ".join(variants) + " | mean | plain wall | cpu |"
     lines = [header, "|" + "---|" * (header.count("|") - 1)]
     keys = sorted({(r["recipe"], r["seed"]) for r in runs}, key=lambda k: ([r["recipe"] for r in runs].index(k[0]), k[1]))
     for recipe, seed in keys:
@@ -106,6 +120,8 @@ def format_table(runs: list[dict], variants: list[str]) -> str:
             cells.append("-")
         wall = by_variant.get(PLAIN, {}).get("wall_s")
         cells.append("-" if wall is None else f"{int(wall // 60)}:{int(wall % 60):02d}")
+        cpus = sorted({r.get("cpu", "-") for r in by_variant.values()})
+        cells.append(", ".join(cpus))
         lines.append(f"| {recipe} | {seed} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
