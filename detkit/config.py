@@ -55,6 +55,11 @@ def between(default: float, low: float, high: float) -> Rule:
     return Rule(default, f"a number in [{low}, {high}]", lambda v: low <= v <= high)
 
 
+def below_one(default: float) -> Rule:
+    """A number in [0, 1): 1 itself excluded (an offset of a whole cell, a target with nothing left on the true class)."""
+    return Rule(default, "a number in [0, 1)", lambda v: 0.0 <= v < 1.0)
+
+
 def at_least(default: float, low: float) -> Rule:
     return Rule(default, f"a number >= {low}", lambda v: v is None or v >= low)
 
@@ -183,7 +188,7 @@ DEFAULTS: dict[str, Any] = {
         "rpn": {
             "anchor_sizes": numbers([64, 128, 256, 512], positive=True),  # anchor side lengths in input pixels (paper: 128-512, COCO adds 64)
             "anchor_ratios": numbers([0.5, 1.0, 2.0], positive=True),  # anchor height/width ratios
-            "anchor_offset": Rule(0.0, "a number in [0, 1)", lambda v: 0.0 <= v < 1.0),  # anchor centres at (x + offset) * stride (detectron2: 0.0)
+            "anchor_offset": below_one(0.0),  # anchor centres at (x + offset) * stride (detectron2: 0.0)
             "anchor_round": True,  # round anchor widths/heights to whole pixels (torchvision); false: exact (detectron2)
             "bbox_reg_weights": numbers([1.0, 1.0, 1.0, 1.0], length=4, positive=True),  # scales of the RPN's (dx, dy, dw, dh) targets
             "head_channels": at_least(0, 0),  # channels of the 3x3 conv; 0: same as the backbone's output
@@ -211,7 +216,7 @@ DEFAULTS: dict[str, Any] = {
             "bg_iou_thresh_low": between(0.0, 0.0, 1.0),  # IoU in [this, fg_iou_thresh): background (Fast R-CNN used 0.1)
             "bbox_reg_weights": numbers([10.0, 10.0, 5.0, 5.0], length=4, positive=True),  # scales of the (dx, dy, dw, dh) targets
             "smooth_l1_beta": at_least(0.0, 0.0),  # 0 gives L1, as detectron2
-            "label_smoothing": Rule(0.0, "a number in [0, 1)", lambda v: 0.0 <= v < 1.0),  # classification target: 1 - eps on the true class + eps / (K+1) on every class; 0: off
+            "label_smoothing": below_one(0.0),  # classification target: 1 - eps on the true class + eps / (K+1) on every class; 0: off
             "score_threshold": between(0.05, 0.0, 1.0),  # detections below this score are dropped
             "nms_thresh": between(0.5, 0.0, 1.0),  # per-class NMS IoU at test time
             "drop_empty_before_nms": True,  # drop boxes with a side <= 0.01 px before NMS; false: keep them (detectron2)

@@ -265,7 +265,7 @@ def test_label_smoothing_puts_eps_over_all_classes_in_the_classification_loss():
     assert smoothed.item() != pytest.approx(plain.item(), abs=1e-3)
 
 
-def test_label_smoothing_from_config_and_checked_at_load(tmp_path):
+def test_label_smoothing_from_config_and_checked_at_load():
     from detkit.config import load_config
     from detkit.errors import UserError
 

@@ -7,7 +7,7 @@ python tools/recipe_search.py --table [--output-dir output/recipes]
 
 A recipe is the config plus the KEY=VALUE overrides. For every variant and seed the tool runs
 `tools/train_net.py` (the README's first command) with `data.train`/`data.test` pointed at that variant of the
-shapes set and `seed=S`, in its own process, into OUTPUT_DIR/NAME/<variant>-s<seed>/, and records the wall time
+shapes set and `seed=S`, in its own process, into OUTPUT_DIR/NAME/<variant>-s<seed>/, and records the wall time,
 the final metrics and the CPU's model name there in run.json (a run reproduces to the last digit only on the
 same kind of CPU). Runs that already have a run.json are skipped, so an interrupted
 search continues where it stopped; a name cannot be reused for other overrides. Every run's config is loaded
